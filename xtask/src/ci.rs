@@ -1,0 +1,76 @@
+//! `cargo xtask ci`: every check CI runs, in order, stopping at the first failure.
+
+use xshell::{Shell, cmd};
+
+use crate::{flags, provision, steps::Steps};
+
+impl flags::Ci {
+    pub(crate) fn run(self, sh: &Shell) -> anyhow::Result<()> {
+        let mut steps = Steps::default();
+        steps.run("provision", || {
+            let mut needs = Vec::new();
+            if !self.skip_rust {
+                needs.push(provision::POSTGRES);
+            }
+            if !self.skip_frontend {
+                needs.push(provision::NPM);
+            }
+            provision::ensure(sh, &needs)
+        })?;
+        if !self.skip_rust {
+            rust_steps(sh, &mut steps)?;
+        }
+        if !self.skip_frontend {
+            frontend_steps(sh, &mut steps)?;
+        }
+        steps.print_summary();
+        Ok(())
+    }
+}
+
+fn rust_steps(sh: &Shell, steps: &mut Steps) -> anyhow::Result<()> {
+    let cargo = cargo(sh);
+    steps.run("cargo fmt --check", || {
+        Ok(cmd!(sh, "{cargo} fmt --all -- --check").run()?)
+    })?;
+    steps.run("cargo clippy", || {
+        Ok(cmd!(
+            sh,
+            "{cargo} clippy --workspace --all-targets --locked -- -D warnings"
+        )
+        .run()?)
+    })?;
+    steps.run("cargo test", || {
+        let nextest = cmd!(sh, "{cargo} nextest --version")
+            .quiet()
+            .ignore_stdout()
+            .ignore_stderr()
+            .run();
+        match nextest {
+            Ok(()) => Ok(cmd!(
+                sh,
+                "{cargo} nextest run --workspace --locked --no-fail-fast"
+            )
+            .run()?),
+            Err(_) => Ok(cmd!(sh, "{cargo} test --workspace --locked --no-fail-fast").run()?),
+        }
+    })
+}
+
+fn frontend_steps(sh: &Shell, steps: &mut Steps) -> anyhow::Result<()> {
+    let _dir = sh.push_dir("frontend");
+    steps.run("npm ci", || {
+        Ok(cmd!(sh, "npm ci --no-audit --no-fund").run()?)
+    })?;
+    steps.run("frontend lint", || Ok(cmd!(sh, "npm run lint").run()?))?;
+    steps.run("frontend type-check", || {
+        Ok(cmd!(sh, "npm run typecheck").run()?)
+    })?;
+    steps.run("frontend unit tests", || Ok(cmd!(sh, "npm test").run()?))?;
+    steps.run("frontend build", || Ok(cmd!(sh, "npm run build").run()?))
+}
+
+/// The cargo that runs this xtask, so a pinned toolchain is used throughout.
+pub(crate) fn cargo(sh: &Shell) -> String {
+    sh.var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}

@@ -1,0 +1,5 @@
+//! Real services for tests, started on loopback by the xtask itself: Docker, PostgreSQL.
+
+pub(crate) mod daemon;
+pub(crate) mod docker;
+pub(crate) mod http;

@@ -1,0 +1,205 @@
+//! Image building without a Docker daemon: compile, then layers, config and manifest,
+//! written as an OCI layout and a `docker load` archive under `target/images/`.
+
+mod compile;
+mod contents;
+pub(crate) mod definitions;
+pub(crate) mod layer;
+pub(crate) mod oci;
+mod sbom;
+pub(crate) mod store;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use serde_json::{Value, json};
+use xshell::Shell;
+
+use crate::{
+    image::{
+        compile::CompileTimes,
+        contents::Artifacts,
+        definitions::{Base, ImageDef},
+        layer::LayerBlob,
+        store::{ImageBlobs, Store},
+    },
+    project::{self, Revision},
+};
+
+/// One built image, as `build` reports it and `push` reads it back.
+#[derive(Debug, Clone)]
+pub(crate) struct BuiltImage {
+    pub(crate) name: &'static str,
+    pub(crate) blobs: ImageBlobs,
+    pub(crate) layout: PathBuf,
+    pub(crate) archive: PathBuf,
+    pub(crate) n_cached_layers: usize,
+    pub(crate) times: AssemblyTimes,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AssemblyTimes {
+    pub(crate) layers: Duration,
+    pub(crate) layout: Duration,
+    pub(crate) archive: Duration,
+    pub(crate) sbom: Duration,
+}
+
+impl BuiltImage {
+    pub(crate) fn compressed_size(&self) -> u64 {
+        self.blobs.config.size() + self.blobs.layers.iter().map(|l| l.size).sum::<u64>()
+    }
+
+    pub(crate) fn to_json(&self) -> Value {
+        json!({
+            "name": self.name,
+            "digest": self.blobs.manifest.digest,
+            "config_digest": self.blobs.config.digest,
+            "compressed_size": self.compressed_size(),
+            "layers": self.blobs.layers.iter().map(|l| json!({"digest": l.digest, "size": l.size})).collect::<Vec<_>>(),
+        })
+    }
+}
+
+pub(crate) struct BuildReport {
+    pub(crate) revision: Revision,
+    pub(crate) compile: CompileTimes,
+    pub(crate) images: Vec<BuiltImage>,
+}
+
+pub(crate) fn images_dir() -> PathBuf {
+    project::root().join("target/images")
+}
+
+/// Builds the named images (all when empty): compile once, then assemble each concurrently.
+pub(crate) fn build(sh: &Shell, names: &[String]) -> anyhow::Result<BuildReport> {
+    let defs: Vec<&'static ImageDef> = if names.is_empty() {
+        definitions::IMAGES.iter().collect()
+    } else {
+        names.iter().map(|name| definitions::find(name)).collect::<anyhow::Result<_>>()?
+    };
+    let revision = project::revision(sh)?;
+    let source_url = project::source_url(sh);
+    let store = Store::new(images_dir())?;
+    let (artifacts, compile_times) = compile::compile(&defs, &revision, &store.cache_dir())?;
+    let metadata = sbom::cargo_metadata(sh)?;
+    let package_lock = read_package_lock()?;
+    let ctx = AssemblyContext {
+        store: &store,
+        artifacts: &artifacts,
+        revision: &revision,
+        source_url: &source_url,
+        metadata: &metadata,
+        package_lock: package_lock.as_ref(),
+    };
+    let images = std::thread::scope(|scope| {
+        let handles: Vec<_> = defs.iter().map(|def| scope.spawn(|| ctx.assemble(def))).collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().unwrap_or_else(|_| Err(anyhow::format_err!("image assembly panicked"))))
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    Ok(BuildReport { revision, compile: compile_times, images })
+}
+
+fn read_package_lock() -> anyhow::Result<Option<Value>> {
+    let path = project::root().join("frontend/package-lock.json");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = fs::read_to_string(&path).with_context(|| format!("reading `{}`", path.display()))?;
+    Ok(Some(serde_json::from_str(&text).with_context(|| format!("parsing `{}`", path.display()))?))
+}
+
+struct AssemblyContext<'a> {
+    store: &'a Store,
+    artifacts: &'a Artifacts,
+    revision: &'a Revision,
+    source_url: &'a str,
+    metadata: &'a Value,
+    package_lock: Option<&'a Value>,
+}
+
+impl AssemblyContext<'_> {
+    fn assemble(&self, def: &'static ImageDef) -> anyhow::Result<BuiltImage> {
+        self.assemble_inner(def).with_context(|| format!("building image `{}`", def.name))
+    }
+
+    fn assemble_inner(&self, def: &'static ImageDef) -> anyhow::Result<BuiltImage> {
+        match def.base {
+            Base::Scratch => (),
+        }
+        let mut times = AssemblyTimes::default();
+        let epoch = self.revision.epoch;
+        let start = Instant::now();
+        let mut layers: Vec<LayerBlob> = Vec::new();
+        let mut n_cached_layers = 0;
+        for layer_def in def.layers {
+            let entries = layer::normalize(contents::entries(layer_def.contents, self.artifacts)?)?;
+            let (blob, cached) = self
+                .store
+                .layer(&entries, epoch)
+                .with_context(|| format!("layer `{}`", layer_def.name))?;
+            n_cached_layers += usize::from(cached);
+            layers.push(blob);
+        }
+        times.layers = start.elapsed();
+
+        let start = Instant::now();
+        let created = project::rfc3339(epoch);
+        let labels = labels(def, self.revision, self.source_url, &created);
+        let config = oci::to_blob(&oci::config(&oci::ConfigInput {
+            def,
+            labels: &labels,
+            created: &created,
+            layers: def
+                .layers
+                .iter()
+                .zip(&layers)
+                .map(|(layer_def, blob)| (blob.diff_id.as_str(), format!("layer: {}", layer_def.name)))
+                .collect(),
+        })?)?;
+        let manifest = oci::to_blob(&oci::manifest(&config, &layers, &labels)?)?;
+        self.store.put(&config)?;
+        self.store.put(&manifest)?;
+        let blobs = ImageBlobs { manifest, config, layers };
+        let repository = format!("timemanager/{}", def.name);
+        let version_ref = format!("{repository}:{}", self.revision.version);
+        let layout = self.store.write_layout(def.name, &blobs, &version_ref, &self.revision.version)?;
+        times.layout = start.elapsed();
+
+        let start = Instant::now();
+        let repo_tags = [version_ref, format!("{repository}:latest")];
+        let archive = self.store.write_archive(def.name, &blobs, &repo_tags, epoch)?;
+        times.archive = start.elapsed();
+
+        let start = Instant::now();
+        let sbom = sbom::document(def, self.metadata, self.package_lock, self.revision, self.source_url)?;
+        let sbom_path = self.store.root.join(format!("{}.sbom.json", def.name));
+        fs::write(&sbom_path, oci::canonical_json(&sbom)).with_context(|| format!("writing `{}`", sbom_path.display()))?;
+        times.sbom = start.elapsed();
+
+        Ok(BuiltImage { name: def.name, blobs, layout, archive, n_cached_layers, times })
+    }
+}
+
+/// OCI labels, also used as manifest annotations (GHCR reads both).
+fn labels(def: &ImageDef, revision: &Revision, source_url: &str, created: &str) -> BTreeMap<String, String> {
+    [
+        ("org.opencontainers.image.title", format!("timemanager-{}", def.name)),
+        ("org.opencontainers.image.description", def.description.to_owned()),
+        ("org.opencontainers.image.source", source_url.to_owned()),
+        ("org.opencontainers.image.revision", revision.commit.clone()),
+        ("org.opencontainers.image.version", revision.version.clone()),
+        ("org.opencontainers.image.created", created.to_owned()),
+        ("org.opencontainers.image.licenses", "MIT".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}

@@ -1,0 +1,173 @@
+//! The compile stage: release binaries through cargo, the web app through npm, concurrently.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use sha2::{Digest as _, Sha256};
+use xshell::{Shell, cmd};
+
+use crate::{
+    ci::cargo,
+    image::{
+        contents::Artifacts,
+        definitions::{Contents, ImageDef},
+        layer,
+    },
+    project::{self, Revision},
+};
+
+/// glibc target with `+crt-static`: a static binary that runs on scratch.
+pub(crate) const TARGET: &str = "x86_64-unknown-linux-gnu";
+
+#[derive(Debug, Default)]
+pub(crate) struct CompileTimes {
+    pub(crate) cargo: Duration,
+    pub(crate) npm: Duration,
+}
+
+pub(crate) fn compile(
+    defs: &[&ImageDef],
+    revision: &Revision,
+    cache_dir: &Path,
+) -> anyhow::Result<(Artifacts, CompileTimes)> {
+    let mut packages: Vec<&'static str> = Vec::new();
+    let mut needs_vite = false;
+    for def in defs {
+        for layer in def.layers {
+            match layer.contents {
+                Contents::CargoBinary { package, .. } => packages.push(package),
+                Contents::ViteDist { .. } => needs_vite = true,
+                Contents::Runtime => (),
+            }
+        }
+    }
+    packages.sort_unstable();
+    packages.dedup();
+
+    // Two shells: xshell's `Shell` is not shared across threads.
+    let (cargo_res, npm_res) = std::thread::scope(|scope| {
+        let npm = scope.spawn(|| -> anyhow::Result<Option<(PathBuf, Duration)>> {
+            if !needs_vite {
+                return Ok(None);
+            }
+            let start = Instant::now();
+            let dist = build_frontend(&shell()?, cache_dir)?;
+            Ok(Some((dist, start.elapsed())))
+        });
+        let start = Instant::now();
+        let cargo = build_binaries(&packages, revision).map(|bins| (bins, start.elapsed()));
+        let npm = npm.join().unwrap_or_else(|_| Err(anyhow::format_err!("frontend build panicked")));
+        (cargo, npm)
+    });
+    let (binaries, cargo_time) = cargo_res.context("compiling release binaries")?;
+    let npm = npm_res.context("building the frontend")?;
+    let mut times = CompileTimes { cargo: cargo_time, ..CompileTimes::default() };
+    let mut artifacts = Artifacts { binaries, vite_dist: None };
+    if let Some((dist, elapsed)) = npm {
+        artifacts.vite_dist = Some(dist);
+        times.npm = elapsed;
+    }
+    Ok((artifacts, times))
+}
+
+fn shell() -> anyhow::Result<Shell> {
+    let sh = Shell::new()?;
+    sh.change_dir(project::root());
+    Ok(sh)
+}
+
+fn build_binaries(
+    packages: &[&'static str],
+    revision: &Revision,
+) -> anyhow::Result<std::collections::BTreeMap<&'static str, PathBuf>> {
+    let sh = &shell()?;
+    let mut acc = std::collections::BTreeMap::new();
+    if packages.is_empty() {
+        return Ok(acc);
+    }
+    let cargo = cargo(sh);
+    let root = project::root();
+    let cargo_home = sh.var("CARGO_HOME").unwrap_or_else(|_| format!("{}/.cargo", sh.var("HOME").unwrap_or_default()));
+    // Remapping makes the binary independent of where the checkout and the registry live;
+    // the encoded form keeps paths with spaces intact.
+    let rustflags = [
+        "-Ctarget-feature=+crt-static".to_owned(),
+        format!("--remap-path-prefix={}=/build", root.display()),
+        format!("--remap-path-prefix={cargo_home}=/cargo"),
+    ]
+    .join("\x1f");
+    let package_args: Vec<String> = packages.iter().flat_map(|p| ["-p".to_owned(), (*p).to_owned()]).collect();
+    cmd!(sh, "{cargo} build --release --locked --target {TARGET} {package_args...}")
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+        .env("TIMEMANAGER_REVISION", &revision.commit)
+        .env("SOURCE_DATE_EPOCH", revision.epoch.to_string())
+        .run()?;
+    for package in packages {
+        let path = root.join("target").join(TARGET).join("release").join(package);
+        anyhow::ensure!(path.is_file(), "cargo did not produce `{}`", path.display());
+        acc.insert(*package, path);
+    }
+    Ok(acc)
+}
+
+/// `npm ci` when `node_modules` is stale, `npm run build` when any input changed.
+fn build_frontend(sh: &Shell, cache_dir: &Path) -> anyhow::Result<PathBuf> {
+    let frontend = project::root().join("frontend");
+    let _dir = sh.push_dir(&frontend);
+    let installed = frontend.join("node_modules/.package-lock.json");
+    if is_older(&installed, &frontend.join("package-lock.json")) {
+        cmd!(sh, "npm ci --no-audit --no-fund").run().context("npm ci in `frontend/`")?;
+    }
+    let api_base = sh.var("VITE_API_BASE_URL").unwrap_or_else(|_| "/api".to_owned());
+    let stamp_path = cache_dir.join("vite-dist.stamp");
+    let stamp = format!("{}\nVITE_API_BASE_URL={api_base}\n", inputs_hash(&frontend)?);
+    let dist = frontend.join("dist");
+    let fresh = dist.join("index.html").is_file() && fs::read_to_string(&stamp_path).is_ok_and(|old| old == stamp);
+    if !fresh {
+        cmd!(sh, "npm run build")
+            .env("VITE_API_BASE_URL", &api_base)
+            .run()
+            .context("npm run build in `frontend/`")?;
+        fs::create_dir_all(cache_dir)?;
+        fs::write(&stamp_path, stamp)?;
+    }
+    Ok(dist)
+}
+
+fn is_older(path: &Path, than: &Path) -> bool {
+    let modified = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+    match (modified(path), modified(than)) {
+        (Some(a), Some(b)) => a < b,
+        _ => true,
+    }
+}
+
+/// Hash of every source file of the frontend (not `node_modules` nor `dist`).
+fn inputs_hash(frontend: &Path) -> anyhow::Result<String> {
+    let mut files = Vec::new();
+    let mut stack = vec![frontend.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for item in fs::read_dir(&dir).with_context(|| format!("reading `{}`", dir.display()))? {
+            let path = item?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if path.is_dir() {
+                if !matches!(name, "node_modules" | "dist" | ".vite") {
+                    stack.push(path);
+                }
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    let mut hasher = Sha256::new();
+    for file in files {
+        let rel = file.strip_prefix(frontend)?;
+        hasher.update(format!("{} {}\n", rel.display(), layer::sha256_file(&file)?));
+    }
+    Ok(layer::hex(&hasher.finalize()))
+}
