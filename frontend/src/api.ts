@@ -1,0 +1,200 @@
+// Typed client for the Time Manager backend API.
+
+export interface User {
+  id: number;
+  username: string;
+  email: string;
+  created_at: string;
+}
+
+export interface Entry {
+  id: number;
+  user_id: number;
+  clock_in: string;
+  clock_out: string | null;
+  duration_seconds: number | null;
+}
+
+export interface ClockStatus {
+  clocked_in: boolean;
+  entry: Entry | null;
+}
+
+export interface DaySummary {
+  /** Calendar date, `YYYY-MM-DD`. */
+  date: string;
+  worked_seconds: number;
+}
+
+export interface History {
+  entries: Entry[];
+  days: DaySummary[];
+}
+
+export interface NewUser {
+  username: string;
+  email: string;
+}
+
+export interface HistoryRange {
+  /** Inclusive start date, `YYYY-MM-DD`. */
+  from: string;
+  /** Inclusive end date, `YYYY-MM-DD`. */
+  to: string;
+}
+
+export interface ApiClient {
+  listUsers(): Promise<User[]>;
+  createUser(user: NewUser): Promise<User>;
+  getUser(id: number): Promise<User>;
+  clockIn(userId: number): Promise<Entry>;
+  clockOut(userId: number): Promise<Entry>;
+  getClockStatus(userId: number): Promise<ClockStatus>;
+  getHistory(userId: number, range: HistoryRange): Promise<History>;
+}
+
+/** An API call that failed. `status` is 0 when the server could not be reached. */
+export class ApiError extends Error {
+  readonly status: number;
+
+  constructor(status: number, message: string) {
+    super(message);
+    this.name = 'ApiError';
+    this.status = status;
+  }
+
+  get isConflict(): boolean {
+    return this.status === 409;
+  }
+
+  get isNotFound(): boolean {
+    return this.status === 404;
+  }
+}
+
+export const DEFAULT_API_BASE_URL = '/api';
+
+/** The API base URL baked in at build time (`VITE_API_BASE_URL`), default `/api`. */
+export function configuredBaseUrl(): string {
+  const fromEnv = import.meta.env.VITE_API_BASE_URL;
+  return fromEnv && fromEnv.trim() !== '' ? fromEnv.trim() : DEFAULT_API_BASE_URL;
+}
+
+/** Joins a base URL and an absolute API path without doubling or dropping slashes. */
+export function buildUrl(
+  baseUrl: string,
+  path: string,
+  query?: Record<string, string>,
+): string {
+  const base = baseUrl.replace(/\/+$/, '');
+  const suffix = path.startsWith('/') ? path : `/${path}`;
+  const params = query ? new URLSearchParams(query).toString() : '';
+  return `${base}${suffix}${params ? `?${params}` : ''}`;
+}
+
+const MAX_TEXT_MESSAGE_LENGTH = 200;
+
+/**
+ * Extracts a human-readable message from a failed response body.
+ * The backend sends `{"error": "message"}`; anything else falls back to
+ * short plain text, then to `fallback`.
+ */
+export function extractErrorMessage(body: string, fallback: string): string {
+  const text = body.trim();
+  if (text === '') return fallback;
+  try {
+    const parsed: unknown = JSON.parse(text);
+    if (parsed !== null && typeof parsed === 'object' && 'error' in parsed) {
+      const { error } = parsed;
+      if (typeof error === 'string' && error.trim() !== '') return error.trim();
+    }
+    return fallback;
+  } catch {
+    // Not JSON: accept short plain text, but not an HTML error page.
+    if (text.length <= MAX_TEXT_MESSAGE_LENGTH && !text.startsWith('<')) return text;
+    return fallback;
+  }
+}
+
+function defaultMessage(status: number, statusText: string): string {
+  const reason = statusText ? ` ${statusText}` : '';
+  return `Request failed (HTTP ${status}${reason})`;
+}
+
+type FetchLike = (input: string, init?: RequestInit) => Promise<Response>;
+
+interface RequestOptions {
+  method?: 'GET' | 'POST';
+  body?: unknown;
+  query?: Record<string, string>;
+  /** Messages for specific statuses when the server sends none. */
+  fallbacks?: Partial<Record<number, string>>;
+}
+
+export function createApiClient(
+  baseUrl: string = configuredBaseUrl(),
+  fetchFn: FetchLike = (input, init) => globalThis.fetch(input, init),
+): ApiClient {
+  async function request<T>(path: string, options: RequestOptions = {}): Promise<T> {
+    const { method = 'GET', body, query, fallbacks = {} } = options;
+    const headers: Record<string, string> = { Accept: 'application/json' };
+    const init: RequestInit = { method, headers };
+    if (body !== undefined) {
+      headers['Content-Type'] = 'application/json';
+      init.body = JSON.stringify(body);
+    }
+
+    let response: Response;
+    try {
+      response = await fetchFn(buildUrl(baseUrl, path, query), init);
+    } catch {
+      throw new ApiError(0, 'Could not reach the server. Check your connection and try again.');
+    }
+
+    const text = await response.text().catch(() => '');
+    if (!response.ok) {
+      const fallback =
+        fallbacks[response.status] ?? defaultMessage(response.status, response.statusText);
+      throw new ApiError(response.status, extractErrorMessage(text, fallback));
+    }
+    try {
+      return JSON.parse(text) as T;
+    } catch {
+      throw new ApiError(response.status, 'The server sent an invalid response.');
+    }
+  }
+
+  const userPath = (id: number) => `/users/${encodeURIComponent(String(id))}`;
+
+  return {
+    listUsers: () => request<User[]>('/users'),
+    createUser: (user) =>
+      request<User>('/users', {
+        method: 'POST',
+        body: user,
+        fallbacks: { 409: 'A user with that username or email already exists.' },
+      }),
+    getUser: (id) => request<User>(userPath(id), { fallbacks: { 404: 'User not found.' } }),
+    clockIn: (userId) =>
+      request<Entry>(`${userPath(userId)}/clock/in`, {
+        method: 'POST',
+        fallbacks: { 409: 'You are already clocked in.' },
+      }),
+    clockOut: (userId) =>
+      request<Entry>(`${userPath(userId)}/clock/out`, {
+        method: 'POST',
+        fallbacks: { 409: 'You are not clocked in.' },
+      }),
+    getClockStatus: (userId) => request<ClockStatus>(`${userPath(userId)}/clock/status`),
+    getHistory: (userId, range) =>
+      request<History>(`${userPath(userId)}/clock/history`, {
+        query: { from: range.from, to: range.to },
+      }),
+  };
+}
+
+/** Returns the message to show for any error thrown by the client (or anything else). */
+export function errorMessage(error: unknown): string {
+  if (error instanceof Error && error.message) return error.message;
+  return 'Something went wrong.';
+}
