@@ -17,11 +17,19 @@ impl flags::Build {
                 .open(&path)
                 .with_context(|| format!("opening GITHUB_OUTPUT `{path}`"))?;
             for image in &report.images {
-                writeln!(file, "{}-digest={}", image.name, image.blobs.manifest.digest)?;
+                writeln!(
+                    file,
+                    "{}-digest={}",
+                    image.name, image.blobs.manifest.digest
+                )?;
             }
         }
         if self.json {
-            let images: Vec<_> = report.images.iter().map(image::BuiltImage::to_json).collect();
+            let images: Vec<_> = report
+                .images
+                .iter()
+                .map(image::BuiltImage::to_json)
+                .collect();
             println!("{}", serde_json::json!({ "images": images }));
             return Ok(());
         }

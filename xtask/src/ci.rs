@@ -1,8 +1,11 @@
 //! `cargo xtask ci`: every check CI runs, in order, stopping at the first failure.
 
+mod images;
+mod reproducible;
+
 use xshell::{Shell, cmd};
 
-use crate::{flags, provision, steps::Steps};
+use crate::{flags, image, provision, steps::Steps};
 
 impl flags::Ci {
     pub(crate) fn run(self, sh: &Shell) -> anyhow::Result<()> {
@@ -22,6 +25,10 @@ impl flags::Ci {
         }
         if !self.skip_frontend {
             frontend_steps(sh, &mut steps)?;
+        }
+        crate::stack::check(sh, &mut steps)?;
+        if !self.skip_images {
+            image_steps(sh, &mut steps)?;
         }
         steps.print_summary();
         Ok(())
@@ -68,6 +75,23 @@ fn frontend_steps(sh: &Shell, steps: &mut Steps) -> anyhow::Result<()> {
     })?;
     steps.run("frontend unit tests", || Ok(cmd!(sh, "npm test").run()?))?;
     steps.run("frontend build", || Ok(cmd!(sh, "npm run build").run()?))
+}
+
+/// Builds both images, then checks them with skopeo, umoci and a real Docker engine,
+/// and rebuilds them from a second clone to prove they are reproducible.
+fn image_steps(sh: &Shell, steps: &mut Steps) -> anyhow::Result<()> {
+    let scratch = image::images_dir().join(".ci");
+    std::fs::create_dir_all(&scratch)?;
+    let report = steps.run("build images", || image::build(sh, &[]))?;
+    steps.run("images: skopeo and umoci", || {
+        images::check_layouts(sh, &report, &scratch)
+    })?;
+    steps.run("images: docker load and run", || {
+        images::check_containers(sh, &report, &scratch)
+    })?;
+    steps.run("images: reproducible from a second clone", || {
+        reproducible::check(sh, &report, &scratch)
+    })
 }
 
 /// The cargo that runs this xtask, so a pinned toolchain is used throughout.

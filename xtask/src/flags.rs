@@ -35,4 +35,7 @@ pub(crate) struct Ci {
     /// Skip the Rust steps (fmt, clippy, tests).
     #[arg(long)]
     pub(crate) skip_rust: bool,
+    /// Skip building the images and checking them with skopeo, umoci and Docker.
+    #[arg(long)]
+    pub(crate) skip_images: bool,
 }

@@ -3,3 +3,4 @@
 pub(crate) mod daemon;
 pub(crate) mod docker;
 pub(crate) mod http;
+pub(crate) mod postgres;

@@ -8,6 +8,7 @@ pub(crate) mod layer;
 pub(crate) mod oci;
 mod sbom;
 pub(crate) mod store;
+pub(crate) mod verify;
 
 use std::{
     collections::BTreeMap,
@@ -81,7 +82,10 @@ pub(crate) fn build(sh: &Shell, names: &[String]) -> anyhow::Result<BuildReport>
     let defs: Vec<&'static ImageDef> = if names.is_empty() {
         definitions::IMAGES.iter().collect()
     } else {
-        names.iter().map(|name| definitions::find(name)).collect::<anyhow::Result<_>>()?
+        names
+            .iter()
+            .map(|name| definitions::find(name))
+            .collect::<anyhow::Result<_>>()?
     };
     let revision = project::revision(sh)?;
     let source_url = project::source_url(sh);
@@ -98,13 +102,24 @@ pub(crate) fn build(sh: &Shell, names: &[String]) -> anyhow::Result<BuildReport>
         package_lock: package_lock.as_ref(),
     };
     let images = std::thread::scope(|scope| {
-        let handles: Vec<_> = defs.iter().map(|def| scope.spawn(|| ctx.assemble(def))).collect();
+        let handles: Vec<_> = defs
+            .iter()
+            .map(|def| scope.spawn(|| ctx.assemble(def)))
+            .collect();
         handles
             .into_iter()
-            .map(|handle| handle.join().unwrap_or_else(|_| Err(anyhow::format_err!("image assembly panicked"))))
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::format_err!("image assembly panicked")))
+            })
             .collect::<anyhow::Result<Vec<_>>>()
     })?;
-    Ok(BuildReport { revision, compile: compile_times, images })
+    Ok(BuildReport {
+        revision,
+        compile: compile_times,
+        images,
+    })
 }
 
 fn read_package_lock() -> anyhow::Result<Option<Value>> {
@@ -112,8 +127,11 @@ fn read_package_lock() -> anyhow::Result<Option<Value>> {
     if !path.exists() {
         return Ok(None);
     }
-    let text = fs::read_to_string(&path).with_context(|| format!("reading `{}`", path.display()))?;
-    Ok(Some(serde_json::from_str(&text).with_context(|| format!("parsing `{}`", path.display()))?))
+    let text =
+        fs::read_to_string(&path).with_context(|| format!("reading `{}`", path.display()))?;
+    Ok(Some(serde_json::from_str(&text).with_context(|| {
+        format!("parsing `{}`", path.display())
+    })?))
 }
 
 struct AssemblyContext<'a> {
@@ -127,7 +145,8 @@ struct AssemblyContext<'a> {
 
 impl AssemblyContext<'_> {
     fn assemble(&self, def: &'static ImageDef) -> anyhow::Result<BuiltImage> {
-        self.assemble_inner(def).with_context(|| format!("building image `{}`", def.name))
+        self.assemble_inner(def)
+            .with_context(|| format!("building image `{}`", def.name))
     }
 
     fn assemble_inner(&self, def: &'static ImageDef) -> anyhow::Result<BuiltImage> {
@@ -161,38 +180,73 @@ impl AssemblyContext<'_> {
                 .layers
                 .iter()
                 .zip(&layers)
-                .map(|(layer_def, blob)| (blob.diff_id.as_str(), format!("layer: {}", layer_def.name)))
+                .map(|(layer_def, blob)| {
+                    (blob.diff_id.as_str(), format!("layer: {}", layer_def.name))
+                })
                 .collect(),
         })?)?;
         let manifest = oci::to_blob(&oci::manifest(&config, &layers, &labels)?)?;
         self.store.put(&config)?;
         self.store.put(&manifest)?;
-        let blobs = ImageBlobs { manifest, config, layers };
+        let blobs = ImageBlobs {
+            manifest,
+            config,
+            layers,
+        };
         let repository = format!("timemanager/{}", def.name);
         let version_ref = format!("{repository}:{}", self.revision.version);
-        let layout = self.store.write_layout(def.name, &blobs, &version_ref, &self.revision.version)?;
+        let layout =
+            self.store
+                .write_layout(def.name, &blobs, &version_ref, &self.revision.version)?;
         times.layout = start.elapsed();
 
         let start = Instant::now();
         let repo_tags = [version_ref, format!("{repository}:latest")];
-        let archive = self.store.write_archive(def.name, &blobs, &repo_tags, epoch)?;
+        let archive = self
+            .store
+            .write_archive(def.name, &blobs, &repo_tags, epoch)?;
         times.archive = start.elapsed();
 
         let start = Instant::now();
-        let sbom = sbom::document(def, self.metadata, self.package_lock, self.revision, self.source_url)?;
+        let sbom = sbom::document(
+            def,
+            self.metadata,
+            self.package_lock,
+            self.revision,
+            self.source_url,
+        )?;
         let sbom_path = self.store.root.join(format!("{}.sbom.json", def.name));
-        fs::write(&sbom_path, oci::canonical_json(&sbom)).with_context(|| format!("writing `{}`", sbom_path.display()))?;
+        fs::write(&sbom_path, oci::canonical_json(&sbom))
+            .with_context(|| format!("writing `{}`", sbom_path.display()))?;
         times.sbom = start.elapsed();
 
-        Ok(BuiltImage { name: def.name, blobs, layout, archive, n_cached_layers, times })
+        Ok(BuiltImage {
+            name: def.name,
+            blobs,
+            layout,
+            archive,
+            n_cached_layers,
+            times,
+        })
     }
 }
 
 /// OCI labels, also used as manifest annotations (GHCR reads both).
-fn labels(def: &ImageDef, revision: &Revision, source_url: &str, created: &str) -> BTreeMap<String, String> {
+fn labels(
+    def: &ImageDef,
+    revision: &Revision,
+    source_url: &str,
+    created: &str,
+) -> BTreeMap<String, String> {
     [
-        ("org.opencontainers.image.title", format!("timemanager-{}", def.name)),
-        ("org.opencontainers.image.description", def.description.to_owned()),
+        (
+            "org.opencontainers.image.title",
+            format!("timemanager-{}", def.name),
+        ),
+        (
+            "org.opencontainers.image.description",
+            def.description.to_owned(),
+        ),
         ("org.opencontainers.image.source", source_url.to_owned()),
         ("org.opencontainers.image.revision", revision.commit.clone()),
         ("org.opencontainers.image.version", revision.version.clone()),

@@ -5,9 +5,11 @@
 mod build;
 mod ci;
 mod flags;
+mod harness;
 mod image;
 mod project;
 mod provision;
+mod stack;
 mod steps;
 #[cfg(test)]
 mod tidy;

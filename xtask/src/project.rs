@@ -26,15 +26,27 @@ pub(crate) fn revision(sh: &xshell::Shell) -> anyhow::Result<Revision> {
         .quiet()
         .read()
         .context("reading the current commit: images are labelled with it, so build from a git checkout with at least one commit")?;
-    let dirty = !xshell::cmd!(sh, "git status --porcelain").quiet().read()?.trim().is_empty();
+    let dirty = !xshell::cmd!(sh, "git status --porcelain")
+        .quiet()
+        .read()?
+        .trim()
+        .is_empty();
     let epoch = match sh.var("SOURCE_DATE_EPOCH") {
         Ok(value) => parse_epoch(&value)?,
         Err(_) => parse_epoch(&xshell::cmd!(sh, "git log -1 --format=%ct").quiet().read()?)
             .context("reading the commit time")?,
     };
     let short = commit.get(..7).unwrap_or(&commit);
-    let version = if dirty { format!("{short}-dirty") } else { short.to_owned() };
-    Ok(Revision { commit, version, epoch })
+    let version = if dirty {
+        format!("{short}-dirty")
+    } else {
+        short.to_owned()
+    };
+    Ok(Revision {
+        commit,
+        version,
+        epoch,
+    })
 }
 
 fn parse_epoch(value: &str) -> anyhow::Result<u64> {

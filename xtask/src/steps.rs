@@ -9,20 +9,20 @@ pub(crate) struct Steps {
 }
 
 impl Steps {
-    pub(crate) fn run(
+    pub(crate) fn run<T>(
         &mut self,
         name: &str,
-        f: impl FnOnce() -> anyhow::Result<()>,
-    ) -> anyhow::Result<()> {
+        f: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
         eprintln!("==> {name}");
         let start = Instant::now();
         let res = f();
         let elapsed = start.elapsed();
         match res {
-            Ok(()) => {
+            Ok(value) => {
                 eprintln!("<== {name} ({})", format_duration(elapsed));
                 self.done.push((name.to_owned(), elapsed));
-                Ok(())
+                Ok(value)
             }
             Err(err) => {
                 self.print_summary();

@@ -17,18 +17,40 @@ pub(crate) struct Daemon {
 
 impl Daemon {
     /// Starts `program args...` with its output in `<dir>/<name>.log`.
-    pub(crate) fn start(sh: &Shell, dir: &Path, name: &str, program: &Path, args: &[String]) -> anyhow::Result<Daemon> {
+    pub(crate) fn start(
+        sh: &Shell,
+        dir: &Path,
+        name: &str,
+        program: &Path,
+        args: &[String],
+    ) -> anyhow::Result<Daemon> {
+        Daemon::start_as(sh, dir, name, program, args, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra `start-stop-daemon` options such as `--chuid USER`.
+    pub(crate) fn start_as(
+        sh: &Shell,
+        dir: &Path,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        options: &[String],
+    ) -> anyhow::Result<Daemon> {
         std::fs::create_dir_all(dir)?;
         let pidfile = dir.join(format!("{name}.pid"));
         let log = dir.join(format!("{name}.log"));
         cmd!(
             sh,
-            "start-stop-daemon --start --background --make-pidfile --pidfile {pidfile} --output {log} --exec {program} -- {args...}"
+            "start-stop-daemon --start {options...} --background --make-pidfile --pidfile {pidfile} --output {log} --exec {program} -- {args...}"
         )
         .quiet()
         .run()
         .with_context(|| format!("starting {name}"))?;
-        Ok(Daemon { name: name.to_owned(), pidfile, log })
+        Ok(Daemon {
+            name: name.to_owned(),
+            pidfile,
+            log,
+        })
     }
 
     /// The last lines of the daemon's output, for error messages.

@@ -10,7 +10,10 @@ pub(crate) struct Response {
 
 impl Response {
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub(crate) fn text(&self) -> String {
@@ -32,27 +35,44 @@ pub(crate) fn get(url: &str, headers: &[(&str, &str)]) -> anyhow::Result<Respons
     for (name, value) in headers {
         req = req.header(*name, *value);
     }
-    let mut res = req.call().map_err(|err| anyhow::format_err!("GET {url}: {err}"))?;
+    let mut res = req
+        .call()
+        .map_err(|err| anyhow::format_err!("GET {url}: {err}"))?;
     let status = res.status().as_u16();
     let headers = res
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
-    let body = res.body_mut().read_to_vec().map_err(|err| anyhow::format_err!("GET {url}: reading body: {err}"))?;
-    Ok(Response { status, headers, body })
+    let body = res
+        .body_mut()
+        .read_to_vec()
+        .map_err(|err| anyhow::format_err!("GET {url}: reading body: {err}"))?;
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// Polls `url` until it answers `status`, for at most `timeout`.
-pub(crate) fn wait_for_status(url: &str, status: u16, timeout: Duration) -> anyhow::Result<Response> {
+pub(crate) fn wait_for_status(
+    url: &str,
+    status: u16,
+    timeout: Duration,
+) -> anyhow::Result<Response> {
     let deadline = Instant::now() + timeout;
-    let mut last = String::from("no answer");
     loop {
-        match get(url, &[]) {
+        let last = match get(url, &[]) {
             Ok(res) if res.status == status => return Ok(res),
-            Ok(res) => last = format!("status {}: {}", res.status, res.text()),
-            Err(err) => last = err.to_string(),
-        }
+            Ok(res) => format!("status {}: {}", res.status, res.text()),
+            Err(err) => err.to_string(),
+        };
         if Instant::now() >= deadline {
             anyhow::bail!("{url} did not answer {status} within {timeout:?}; last: {last}");
         }

@@ -60,13 +60,21 @@ pub(crate) fn compile(
         });
         let start = Instant::now();
         let cargo = build_binaries(&packages, revision).map(|bins| (bins, start.elapsed()));
-        let npm = npm.join().unwrap_or_else(|_| Err(anyhow::format_err!("frontend build panicked")));
+        let npm = npm
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::format_err!("frontend build panicked")));
         (cargo, npm)
     });
     let (binaries, cargo_time) = cargo_res.context("compiling release binaries")?;
     let npm = npm_res.context("building the frontend")?;
-    let mut times = CompileTimes { cargo: cargo_time, ..CompileTimes::default() };
-    let mut artifacts = Artifacts { binaries, vite_dist: None };
+    let mut times = CompileTimes {
+        cargo: cargo_time,
+        ..CompileTimes::default()
+    };
+    let mut artifacts = Artifacts {
+        binaries,
+        vite_dist: None,
+    };
     if let Some((dist, elapsed)) = npm {
         artifacts.vite_dist = Some(dist);
         times.npm = elapsed;
@@ -91,7 +99,9 @@ fn build_binaries(
     }
     let cargo = cargo(sh);
     let root = project::root();
-    let cargo_home = sh.var("CARGO_HOME").unwrap_or_else(|_| format!("{}/.cargo", sh.var("HOME").unwrap_or_default()));
+    let cargo_home = sh
+        .var("CARGO_HOME")
+        .unwrap_or_else(|_| format!("{}/.cargo", sh.var("HOME").unwrap_or_default()));
     // Remapping makes the binary independent of where the checkout and the registry live;
     // the encoded form keeps paths with spaces intact.
     let rustflags = [
@@ -100,14 +110,24 @@ fn build_binaries(
         format!("--remap-path-prefix={cargo_home}=/cargo"),
     ]
     .join("\x1f");
-    let package_args: Vec<String> = packages.iter().flat_map(|p| ["-p".to_owned(), (*p).to_owned()]).collect();
-    cmd!(sh, "{cargo} build --release --locked --target {TARGET} {package_args...}")
-        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
-        .env("TIMEMANAGER_REVISION", &revision.commit)
-        .env("SOURCE_DATE_EPOCH", revision.epoch.to_string())
-        .run()?;
+    let package_args: Vec<String> = packages
+        .iter()
+        .flat_map(|p| ["-p".to_owned(), (*p).to_owned()])
+        .collect();
+    cmd!(
+        sh,
+        "{cargo} build --release --locked --target {TARGET} {package_args...}"
+    )
+    .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+    .env("TIMEMANAGER_REVISION", &revision.commit)
+    .env("SOURCE_DATE_EPOCH", revision.epoch.to_string())
+    .run()?;
     for package in packages {
-        let path = root.join("target").join(TARGET).join("release").join(package);
+        let path = root
+            .join("target")
+            .join(TARGET)
+            .join("release")
+            .join(package);
         anyhow::ensure!(path.is_file(), "cargo did not produce `{}`", path.display());
         acc.insert(*package, path);
     }
@@ -120,22 +140,39 @@ fn build_frontend(sh: &Shell, cache_dir: &Path) -> anyhow::Result<PathBuf> {
     let _dir = sh.push_dir(&frontend);
     let installed = frontend.join("node_modules/.package-lock.json");
     if is_older(&installed, &frontend.join("package-lock.json")) {
-        cmd!(sh, "npm ci --no-audit --no-fund").run().context("npm ci in `frontend/`")?;
-    }
-    let api_base = sh.var("VITE_API_BASE_URL").unwrap_or_else(|_| "/api".to_owned());
-    let stamp_path = cache_dir.join("vite-dist.stamp");
-    let stamp = format!("{}\nVITE_API_BASE_URL={api_base}\n", inputs_hash(&frontend)?);
-    let dist = frontend.join("dist");
-    let fresh = dist.join("index.html").is_file() && fs::read_to_string(&stamp_path).is_ok_and(|old| old == stamp);
-    if !fresh {
-        cmd!(sh, "npm run build")
-            .env("VITE_API_BASE_URL", &api_base)
+        cmd!(sh, "npm ci --no-audit --no-fund")
             .run()
+            .context("npm ci in `frontend/`")?;
+    }
+    let api_base = sh
+        .var("VITE_API_BASE_URL")
+        .unwrap_or_else(|_| "/api".to_owned());
+    let stamp_path = cache_dir.join("vite-dist.stamp");
+    let stamp = format!(
+        "{}\nVITE_API_BASE_URL={api_base}\n",
+        inputs_hash(&frontend)?
+    );
+    let dist = frontend.join("dist");
+    let fresh = dist.join("index.html").is_file()
+        && fs::read_to_string(&stamp_path).is_ok_and(|old| old == stamp);
+    if !fresh {
+        run_to_stderr(cmd!(sh, "npm run build").env("VITE_API_BASE_URL", &api_base))
             .context("npm run build in `frontend/`")?;
         fs::create_dir_all(cache_dir)?;
         fs::write(&stamp_path, stamp)?;
     }
     Ok(dist)
+}
+
+/// Runs a command whose stdout would otherwise mix with `build --json` output.
+fn run_to_stderr(cmd: xshell::Cmd<'_>) -> anyhow::Result<()> {
+    let shown = cmd.to_string();
+    let output = cmd.ignore_status().output()?;
+    eprint!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    if !output.status.success() {
+        anyhow::bail!("`{shown}` failed with {}", output.status);
+    }
+    Ok(())
 }
 
 fn is_older(path: &Path, than: &Path) -> bool {
@@ -167,7 +204,11 @@ fn inputs_hash(frontend: &Path) -> anyhow::Result<String> {
     let mut hasher = Sha256::new();
     for file in files {
         let rel = file.strip_prefix(frontend)?;
-        hasher.update(format!("{} {}\n", rel.display(), layer::sha256_file(&file)?));
+        hasher.update(format!(
+            "{} {}\n",
+            rel.display(),
+            layer::sha256_file(&file)?
+        ));
     }
     Ok(layer::hex(&hasher.finalize()))
 }

@@ -33,7 +33,10 @@ pub(crate) fn entries(contents: Contents, artifacts: &Artifacts) -> anyhow::Resu
             Ok(vec![Entry::file(dest, 0o555, Source::Path(path.clone()))])
         }
         Contents::ViteDist { dest } => {
-            let dist = artifacts.vite_dist.as_deref().ok_or_else(|| format_err!("frontend was not built"))?;
+            let dist = artifacts
+                .vite_dist
+                .as_deref()
+                .ok_or_else(|| format_err!("frontend was not built"))?;
             static_tree(dist, dest)
         }
     }
@@ -52,7 +55,11 @@ fn runtime() -> Vec<Entry> {
         Entry::file("etc/group", 0o644, text(group)),
         Entry::file("etc/nsswitch.conf", 0o644, text(nsswitch)),
         Entry::file("etc/passwd", 0o644, text(passwd)),
-        Entry::file("etc/ssl/certs/ca-certificates.crt", 0o644, Source::Bytes(ca_bundle())),
+        Entry::file(
+            "etc/ssl/certs/ca-certificates.crt",
+            0o644,
+            Source::Bytes(ca_bundle()),
+        ),
         Entry::dir("home/nonroot", 0o755).owned_by(NONROOT, NONROOT),
         Entry::dir("tmp", 0o1777),
     ]
@@ -76,7 +83,11 @@ fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut acc = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for idx in 0..4 {
             if idx <= chunk.len() {
@@ -97,9 +108,10 @@ fn static_tree(root: &Path, dest: &str) -> anyhow::Result<Vec<Entry>> {
         let listing = fs::read_dir(&dir).with_context(|| format!("reading `{}`", dir.display()))?;
         for item in listing {
             let path = item?.path();
-            let rel = path.strip_prefix(root)?.to_str().ok_or_else(|| {
-                format_err!("non-UTF-8 file name under `{}`", root.display())
-            })?;
+            let rel = path
+                .strip_prefix(root)?
+                .to_str()
+                .ok_or_else(|| format_err!("non-UTF-8 file name under `{}`", root.display()))?;
             let in_image = format!("{dest}/{rel}");
             let meta = fs::symlink_metadata(&path)?;
             if meta.is_dir() {
@@ -107,7 +119,9 @@ fn static_tree(root: &Path, dest: &str) -> anyhow::Result<Vec<Entry>> {
                 stack.push(path);
             } else if meta.is_symlink() {
                 let target = fs::read_link(&path)?;
-                let target = target.to_str().ok_or_else(|| format_err!("non-UTF-8 link `{rel}`"))?;
+                let target = target
+                    .to_str()
+                    .ok_or_else(|| format_err!("non-UTF-8 link `{rel}`"))?;
                 acc.push(Entry {
                     path: in_image,
                     kind: EntryKind::Symlink(target.to_owned()),
@@ -119,7 +133,11 @@ fn static_tree(root: &Path, dest: &str) -> anyhow::Result<Vec<Entry>> {
                 if is_compressible(&path) {
                     let gz = gzip(&fs::read(&path)?)?;
                     if gz.len() < meta.len() as usize {
-                        acc.push(Entry::file(&format!("{in_image}.gz"), 0o444, Source::Bytes(gz)));
+                        acc.push(Entry::file(
+                            &format!("{in_image}.gz"),
+                            0o444,
+                            Source::Bytes(gz),
+                        ));
                     }
                 }
                 acc.push(Entry::file(&in_image, 0o444, Source::Path(path)));
@@ -131,12 +149,17 @@ fn static_tree(root: &Path, dest: &str) -> anyhow::Result<Vec<Entry>> {
 
 fn is_compressible(path: &Path) -> bool {
     let ext = path.extension().and_then(|ext| ext.to_str()).unwrap_or("");
-    matches!(ext, "js" | "mjs" | "css" | "html" | "svg" | "json" | "txt" | "xml" | "webmanifest" | "map")
+    matches!(
+        ext,
+        "js" | "mjs" | "css" | "html" | "svg" | "json" | "txt" | "xml" | "webmanifest" | "map"
+    )
 }
 
 /// Same bytes for the same input, on every machine: no name, mtime 0, fixed level.
 fn gzip(data: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut encoder = GzBuilder::new().mtime(0).write(Vec::new(), Compression::best());
+    let mut encoder = GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), Compression::best());
     encoder.write_all(data)?;
     Ok(encoder.finish()?)
 }
@@ -147,7 +170,13 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc4648_vectors() {
-        let cases = [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")];
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+        ];
         for (input, expected) in cases {
             assert_eq!(base64(input.as_bytes()), expected);
         }
@@ -168,7 +197,11 @@ mod tests {
         fs::write(dir.join("index.html"), "<html>".repeat(200)).unwrap();
         fs::write(dir.join("assets/app-1234.js"), "x").unwrap();
         fs::write(dir.join("assets/logo.png"), [0u8; 2048]).unwrap();
-        let mut paths: Vec<String> = static_tree(&dir, "app/public").unwrap().into_iter().map(|e| e.path).collect();
+        let mut paths: Vec<String> = static_tree(&dir, "app/public")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
         paths.sort();
         assert_eq!(
             paths,

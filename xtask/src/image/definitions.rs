@@ -34,7 +34,10 @@ pub(crate) enum Contents {
     /// CA bundle, `/etc/passwd` and `/etc/group` with `nonroot` (65532), `/tmp` (1777), `/app`.
     Runtime,
     /// The release binary of a workspace package, linked statically, mode 0555.
-    CargoBinary { package: &'static str, dest: &'static str },
+    CargoBinary {
+        package: &'static str,
+        dest: &'static str,
+    },
     /// `npm run build` output of `frontend/`, with gzip twins of compressible files.
     ViteDist { dest: &'static str },
 }
@@ -47,7 +50,10 @@ pub(crate) const IMAGES: &[ImageDef] = &[
         description: "Time Manager API server",
         base: Base::Scratch,
         layers: &[
-            LayerDef { name: "runtime", contents: Contents::Runtime },
+            LayerDef {
+                name: "runtime",
+                contents: Contents::Runtime,
+            },
             LayerDef {
                 name: "backend binary",
                 contents: Contents::CargoBinary {
@@ -71,7 +77,10 @@ pub(crate) const IMAGES: &[ImageDef] = &[
         description: "Time Manager web app and its static file server",
         base: Base::Scratch,
         layers: &[
-            LayerDef { name: "runtime", contents: Contents::Runtime },
+            LayerDef {
+                name: "runtime",
+                contents: Contents::Runtime,
+            },
             LayerDef {
                 name: "static server binary",
                 contents: Contents::CargoBinary {
@@ -80,7 +89,10 @@ pub(crate) const IMAGES: &[ImageDef] = &[
                 },
             },
             // Last: assets change more often than the server.
-            LayerDef { name: "web assets", contents: Contents::ViteDist { dest: "app/public" } },
+            LayerDef {
+                name: "web assets",
+                contents: Contents::ViteDist { dest: "app/public" },
+            },
         ],
         entrypoint: &["/app/timemanager-frontend-server"],
         env: &[

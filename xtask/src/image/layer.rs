@@ -43,11 +43,23 @@ pub(crate) enum Source {
 
 impl Entry {
     pub(crate) fn dir(path: &str, mode: u32) -> Entry {
-        Entry { path: path.to_owned(), kind: EntryKind::Dir, mode, uid: 0, gid: 0 }
+        Entry {
+            path: path.to_owned(),
+            kind: EntryKind::Dir,
+            mode,
+            uid: 0,
+            gid: 0,
+        }
     }
 
     pub(crate) fn file(path: &str, mode: u32, source: Source) -> Entry {
-        Entry { path: path.to_owned(), kind: EntryKind::File(source), mode, uid: 0, gid: 0 }
+        Entry {
+            path: path.to_owned(),
+            kind: EntryKind::File(source),
+            mode,
+            uid: 0,
+            gid: 0,
+        }
     }
 
     pub(crate) fn owned_by(mut self, uid: u64, gid: u64) -> Entry {
@@ -72,7 +84,10 @@ pub(crate) fn normalize(entries: Vec<Entry>) -> anyhow::Result<Vec<Entry>> {
         entry.path = clean_path(&entry.path)?;
         if let Some(previous) = by_path.get(&entry.path) {
             if previous != &entry {
-                bail!("layer lists `{}` twice with different contents or metadata", entry.path);
+                bail!(
+                    "layer lists `{}` twice with different contents or metadata",
+                    entry.path
+                );
             }
         }
         by_path.insert(entry.path.clone(), entry);
@@ -91,7 +106,10 @@ pub(crate) fn normalize(entries: Vec<Entry>) -> anyhow::Result<Vec<Entry>> {
         .collect();
     for parent in parents {
         match by_path.get(&parent) {
-            Some(Entry { kind: EntryKind::Dir, .. }) => (),
+            Some(Entry {
+                kind: EntryKind::Dir,
+                ..
+            }) => (),
             Some(_) => bail!("`{parent}` is used as a directory but listed as a file or symlink"),
             None => {
                 by_path.insert(parent.clone(), Entry::dir(&parent, 0o755));
@@ -105,7 +123,9 @@ pub(crate) fn normalize(entries: Vec<Entry>) -> anyhow::Result<Vec<Entry>> {
 fn clean_path(path: &str) -> anyhow::Result<String> {
     let trimmed = path.trim_start_matches('/').trim_end_matches('/');
     let bad = trimmed.is_empty()
-        || trimmed.split('/').any(|part| part.is_empty() || part == "." || part == "..");
+        || trimmed
+            .split('/')
+            .any(|part| part.is_empty() || part == "." || part == "..");
     if bad {
         bail!("invalid path in layer: `{path}` (must be relative, without `.`, `..` or `//`)");
     }
@@ -119,11 +139,17 @@ fn clean_path(path: &str) -> anyhow::Result<String> {
 /// reaches the archive.
 pub(crate) fn write<W: Write>(entries: &[Entry], mtime: u64, out: W) -> anyhow::Result<LayerBlob> {
     let compressed = HashingWriter::new(out);
-    let gz = GzBuilder::new().mtime(0).write(compressed, Compression::new(GZIP_LEVEL));
+    let gz = GzBuilder::new()
+        .mtime(0)
+        .write(compressed, Compression::new(GZIP_LEVEL));
     let (gz, diff_id, _) = write_tar(entries, mtime, HashingWriter::new(gz))?.finish();
     let (mut out, digest, size) = gz.finish().context("finishing gzip stream")?.finish();
     out.flush().context("flushing layer blob")?;
-    Ok(LayerBlob { digest, diff_id, size })
+    Ok(LayerBlob {
+        digest,
+        diff_id,
+        size,
+    })
 }
 
 /// Writes entries, already [`normalize`]d, as an uncompressed tar and returns the writer.
@@ -139,7 +165,11 @@ pub(crate) fn write_tar<W: Write>(entries: &[Entry], mtime: u64, out: W) -> anyh
     builder.into_inner().context("finishing tar")
 }
 
-fn append<W: Write>(builder: &mut tar::Builder<W>, entry: &Entry, mtime: u64) -> anyhow::Result<()> {
+fn append<W: Write>(
+    builder: &mut tar::Builder<W>,
+    entry: &Entry,
+    mtime: u64,
+) -> anyhow::Result<()> {
     let mut header = tar::Header::new_gnu();
     header.set_mode(entry.mode);
     header.set_uid(entry.uid);
@@ -162,7 +192,8 @@ fn append<W: Write>(builder: &mut tar::Builder<W>, entry: &Entry, mtime: u64) ->
             builder.append_data(&mut header, &entry.path, bytes.as_slice())?;
         }
         EntryKind::File(Source::Path(path)) => {
-            let file = fs::File::open(path).with_context(|| format!("opening `{}`", path.display()))?;
+            let file =
+                fs::File::open(path).with_context(|| format!("opening `{}`", path.display()))?;
             let len = file.metadata()?.len();
             header.set_entry_type(tar::EntryType::Regular);
             header.set_size(len);
@@ -181,7 +212,9 @@ pub(crate) fn input_key(entries: &[Entry], mtime: u64) -> anyhow::Result<String>
         let kind = match &entry.kind {
             EntryKind::Dir => "dir".to_owned(),
             EntryKind::Symlink(target) => format!("symlink {target}"),
-            EntryKind::File(Source::Bytes(bytes)) => format!("file {}", hex(&Sha256::digest(bytes))),
+            EntryKind::File(Source::Bytes(bytes)) => {
+                format!("file {}", hex(&Sha256::digest(bytes)))
+            }
             EntryKind::File(Source::Path(path)) => format!("file {}", sha256_file(path)?),
         };
         hasher.update(format!(
@@ -217,7 +250,11 @@ pub(crate) struct HashingWriter<W> {
 
 impl<W> HashingWriter<W> {
     pub(crate) fn new(inner: W) -> HashingWriter<W> {
-        HashingWriter { inner, hasher: Sha256::new(), len: 0 }
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            len: 0,
+        }
     }
 
     /// Returns the inner writer, `sha256:<hex>` of what passed through, and its length.
@@ -249,7 +286,11 @@ mod tests {
     fn sample(order_reversed: bool) -> Vec<Entry> {
         let mut entries = vec![
             Entry::file("app/bin", 0o555, Source::Bytes(b"#!binary".to_vec())),
-            Entry::file("etc/passwd", 0o644, Source::Bytes(b"root:x:0:0::/:/sbin/nologin\n".to_vec())),
+            Entry::file(
+                "etc/passwd",
+                0o644,
+                Source::Bytes(b"root:x:0:0::/:/sbin/nologin\n".to_vec()),
+            ),
             Entry::dir("tmp", 0o1777),
             Entry::dir("home/nonroot", 0o755).owned_by(65532, 65532),
         ];
@@ -277,10 +318,16 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let file = dir.join("data");
         fs::write(&file, b"payload").unwrap();
-        let entries = normalize(vec![Entry::file("data", 0o644, Source::Path(file.clone()))]).unwrap();
+        let entries =
+            normalize(vec![Entry::file("data", 0o644, Source::Path(file.clone()))]).unwrap();
         let first = build(&entries).0;
         let older = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(86_400);
-        fs::File::options().write(true).open(&file).unwrap().set_modified(older).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(older)
+            .unwrap();
         assert_eq!(first, build(&entries).0);
         fs::remove_dir_all(dir).unwrap();
     }
@@ -291,10 +338,15 @@ mod tests {
     fn golden_digest_of_a_fixed_layer() {
         let (blob, _) = build(&sample(false));
         assert_eq!(blob.diff_id, GOLDEN_DIFF_ID, "tar bytes changed");
-        assert_eq!(blob.digest, GOLDEN_DIGEST, "gzip bytes changed: flate2 backend or level?");
+        assert_eq!(
+            blob.digest, GOLDEN_DIGEST,
+            "gzip bytes changed: flate2 backend or level?"
+        );
     }
-    const GOLDEN_DIFF_ID: &str = "sha256:647e22a7bcb78d959b441acdf6373c542b8218d116b355e954ac868dca125cf3";
-    const GOLDEN_DIGEST: &str = "sha256:98b8ba4b06db9773ff55877a5b7db136ba0313ed71b26f0740f9c7d8d01b754a";
+    const GOLDEN_DIFF_ID: &str =
+        "sha256:647e22a7bcb78d959b441acdf6373c542b8218d116b355e954ac868dca125cf3";
+    const GOLDEN_DIGEST: &str =
+        "sha256:98b8ba4b06db9773ff55877a5b7db136ba0313ed71b26f0740f9c7d8d01b754a";
 
     #[test]
     fn gzip_header_is_fixed() {
@@ -307,8 +359,13 @@ mod tests {
     fn tar_headers_carry_only_chosen_metadata() {
         let (blob, bytes) = build(&sample(false));
         let mut tar_bytes = Vec::new();
-        flate2::read::GzDecoder::new(bytes.as_slice()).read_to_end(&mut tar_bytes).unwrap();
-        assert_eq!(format!("sha256:{}", hex(&Sha256::digest(&tar_bytes))), blob.diff_id);
+        flate2::read::GzDecoder::new(bytes.as_slice())
+            .read_to_end(&mut tar_bytes)
+            .unwrap();
+        assert_eq!(
+            format!("sha256:{}", hex(&Sha256::digest(&tar_bytes))),
+            blob.diff_id
+        );
         let mut archive = tar::Archive::new(tar_bytes.as_slice());
         let mut seen = Vec::new();
         for entry in archive.entries().unwrap() {
@@ -330,8 +387,10 @@ mod tests {
             ("home/nonroot", 0o755, 65532),
             ("tmp", 0o1777, 0),
         ];
-        let expected: Vec<(String, u32, u64)> =
-            expected.iter().map(|(p, m, u)| (p.to_string(), *m, *u)).collect();
+        let expected: Vec<(String, u32, u64)> = expected
+            .iter()
+            .map(|(p, m, u)| (p.to_string(), *m, *u))
+            .collect();
         assert_eq!(seen, expected);
         // Two zero blocks end the archive, with no padding to a 10 KiB record.
         assert!(tar_bytes.ends_with(&[0u8; 1024]));
@@ -345,7 +404,11 @@ mod tests {
             Entry::file("/a", 0o644, Source::Bytes(b"2".to_vec())),
         ]);
         assert!(dup.unwrap_err().to_string().contains("`a` twice"));
-        let escape = normalize(vec![Entry::file("../etc/shadow", 0o644, Source::Bytes(Vec::new()))]);
+        let escape = normalize(vec![Entry::file(
+            "../etc/shadow",
+            0o644,
+            Source::Bytes(Vec::new()),
+        )]);
         assert!(escape.unwrap_err().to_string().contains("../etc/shadow"));
     }
 

@@ -89,8 +89,11 @@ pub(crate) struct ConfigInput<'a> {
 
 pub(crate) fn config(input: &ConfigInput<'_>) -> anyhow::Result<ImageConfiguration> {
     let def = input.def;
-    let labels: HashMap<String, String> =
-        input.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let labels: HashMap<String, String> = input
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let runtime = ConfigBuilder::default()
         .user(def.user)
         .working_dir(def.working_dir)
@@ -115,7 +118,13 @@ pub(crate) fn config(input: &ConfigInput<'_>) -> anyhow::Result<ImageConfigurati
         .context("image history")?;
     let rootfs = RootFsBuilder::default()
         .typ("layers")
-        .diff_ids(input.layers.iter().map(|(diff_id, _)| diff_id.to_string()).collect::<Vec<_>>())
+        .diff_ids(
+            input
+                .layers
+                .iter()
+                .map(|(diff_id, _)| diff_id.to_string())
+                .collect::<Vec<_>>(),
+        )
         .build()
         .context("image rootfs")?;
     let config = ImageConfigurationBuilder::default()
@@ -130,9 +139,19 @@ pub(crate) fn config(input: &ConfigInput<'_>) -> anyhow::Result<ImageConfigurati
     Ok(config)
 }
 
-pub(crate) fn descriptor(media_type: MediaType, digest: &str, size: u64) -> anyhow::Result<Descriptor> {
-    let digest: oci_spec::image::Digest = digest.parse().with_context(|| format!("invalid digest `{digest}`"))?;
-    Ok(DescriptorBuilder::default().media_type(media_type).digest(digest).size(size).build()?)
+pub(crate) fn descriptor(
+    media_type: MediaType,
+    digest: &str,
+    size: u64,
+) -> anyhow::Result<Descriptor> {
+    let digest: oci_spec::image::Digest = digest
+        .parse()
+        .with_context(|| format!("invalid digest `{digest}`"))?;
+    Ok(DescriptorBuilder::default()
+        .media_type(media_type)
+        .digest(digest)
+        .size(size)
+        .build()?)
 }
 
 pub(crate) fn manifest(
@@ -143,26 +162,43 @@ pub(crate) fn manifest(
     let layers = layers
         .iter()
         .map(|layer| {
-            descriptor(MediaType::Other(layer::MEDIA_TYPE.to_owned()), &layer.digest, layer.size)
+            descriptor(
+                MediaType::Other(layer::MEDIA_TYPE.to_owned()),
+                &layer.digest,
+                layer.size,
+            )
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let annotations: HashMap<String, String> =
-        annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let annotations: HashMap<String, String> = annotations
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     Ok(ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
-        .config(descriptor(MediaType::ImageConfig, &config.digest, config.size())?)
+        .config(descriptor(
+            MediaType::ImageConfig,
+            &config.digest,
+            config.size(),
+        )?)
         .layers(layers)
         .annotations(annotations)
         .build()?)
 }
 
 /// The `index.json` of an OCI layout: one manifest, named for docker and containerd.
-pub(crate) fn layout_index(manifest: &Blob, reference: &str, tag: &str) -> anyhow::Result<ImageIndex> {
+pub(crate) fn layout_index(
+    manifest: &Blob,
+    reference: &str,
+    tag: &str,
+) -> anyhow::Result<ImageIndex> {
     let mut descriptor = descriptor(MediaType::ImageManifest, &manifest.digest, manifest.size())?;
     descriptor.set_annotations(Some(HashMap::from([
         ("io.containerd.image.name".to_owned(), reference.to_owned()),
-        ("org.opencontainers.image.ref.name".to_owned(), tag.to_owned()),
+        (
+            "org.opencontainers.image.ref.name".to_owned(),
+            tag.to_owned(),
+        ),
     ])));
     Ok(ImageIndexBuilder::default()
         .schema_version(2u32)
@@ -185,7 +221,9 @@ mod tests {
     use crate::image::definitions;
 
     fn fixture_labels(n: usize) -> BTreeMap<String, String> {
-        (0..n).map(|i| (format!("label.{i:02}"), format!("value {i}"))).collect()
+        (0..n)
+            .map(|i| (format!("label.{i:02}"), format!("value {i}")))
+            .collect()
     }
 
     fn backend_config(labels: &BTreeMap<String, String>) -> Blob {
@@ -195,8 +233,14 @@ mod tests {
             labels,
             created: "2026-11-25T10:42:00Z",
             layers: vec![
-                ("sha256:1111111111111111111111111111111111111111111111111111111111111111", "layer: runtime".to_owned()),
-                ("sha256:2222222222222222222222222222222222222222222222222222222222222222", "layer: backend binary".to_owned()),
+                (
+                    "sha256:1111111111111111111111111111111111111111111111111111111111111111",
+                    "layer: runtime".to_owned(),
+                ),
+                (
+                    "sha256:2222222222222222222222222222222222222222222222222222222222222222",
+                    "layer: backend binary".to_owned(),
+                ),
             ],
         })
         .unwrap();
@@ -212,19 +256,31 @@ mod tests {
             assert_eq!(backend_config(&labels).bytes, first.bytes);
         }
         let text = String::from_utf8(first.bytes).unwrap();
-        let positions: Vec<usize> = labels.keys().map(|k| text.find(&format!("\"{k}\"")).unwrap()).collect();
-        assert!(positions.windows(2).all(|w| w[0] < w[1]), "labels out of order: {text}");
+        let positions: Vec<usize> = labels
+            .keys()
+            .map(|k| text.find(&format!("\"{k}\"")).unwrap())
+            .collect();
+        assert!(
+            positions.windows(2).all(|w| w[0] < w[1]),
+            "labels out of order: {text}"
+        );
     }
 
     #[test]
     fn canonical_json_sorts_nested_keys_and_escapes() {
         let value = serde_json::json!({"b": {"z": 1, "a": [true, null]}, "a": "quote\"\n"});
-        assert_eq!(String::from_utf8(canonical_json(&value)).unwrap(), r#"{"a":"quote\"\n","b":{"a":[true,null],"z":1}}"#);
+        assert_eq!(
+            String::from_utf8(canonical_json(&value)).unwrap(),
+            r#"{"a":"quote\"\n","b":{"a":[true,null],"z":1}}"#
+        );
     }
 
     #[test]
     fn backend_config_snapshot() {
-        let labels = BTreeMap::from([("org.opencontainers.image.revision".to_owned(), "abc".to_owned())]);
+        let labels = BTreeMap::from([(
+            "org.opencontainers.image.revision".to_owned(),
+            "abc".to_owned(),
+        )]);
         let blob = backend_config(&labels);
         let expected = concat!(
             r#"{"architecture":"amd64","config":{"Entrypoint":["/app/timemanager-backend"],"#,
@@ -245,11 +301,16 @@ mod tests {
     fn manifest_snapshot() {
         let config = Blob::from_json(&serde_json::json!({"k": "v"}));
         let layers = [layer::LayerBlob {
-            digest: "sha256:3333333333333333333333333333333333333333333333333333333333333333".to_owned(),
-            diff_id: "sha256:4444444444444444444444444444444444444444444444444444444444444444".to_owned(),
+            digest: "sha256:3333333333333333333333333333333333333333333333333333333333333333"
+                .to_owned(),
+            diff_id: "sha256:4444444444444444444444444444444444444444444444444444444444444444"
+                .to_owned(),
             size: 42,
         }];
-        let annotations = BTreeMap::from([("org.opencontainers.image.version".to_owned(), "abc1234".to_owned())]);
+        let annotations = BTreeMap::from([(
+            "org.opencontainers.image.version".to_owned(),
+            "abc1234".to_owned(),
+        )]);
         let blob = to_blob(&manifest(&config, &layers, &annotations).unwrap()).unwrap();
         let expected = format!(
             concat!(

@@ -32,9 +32,12 @@ pub(crate) fn document(
     let mut components = BTreeSet::new();
     for layer in def.layers {
         match layer.contents {
-            Contents::CargoBinary { package, .. } => components.extend(cargo_components(metadata, package)?),
+            Contents::CargoBinary { package, .. } => {
+                components.extend(cargo_components(metadata, package)?)
+            }
             Contents::ViteDist { .. } => {
-                let lock = package_lock.context("frontend/package-lock.json is needed for the SBOM")?;
+                let lock =
+                    package_lock.context("frontend/package-lock.json is needed for the SBOM")?;
                 components.extend(npm_components(lock));
             }
             Contents::Runtime => {
@@ -89,9 +92,13 @@ pub(crate) fn document(
 
 /// Crates linked into `package`'s binary: normal dependencies on the image's target, transitively.
 fn cargo_components(metadata: &Value, package: &str) -> anyhow::Result<Vec<Component>> {
-    let packages = metadata["packages"].as_array().context("cargo metadata: no packages")?;
-    let by_id: BTreeMap<&str, &Value> =
-        packages.iter().filter_map(|p| Some((p["id"].as_str()?, p))).collect();
+    let packages = metadata["packages"]
+        .as_array()
+        .context("cargo metadata: no packages")?;
+    let by_id: BTreeMap<&str, &Value> = packages
+        .iter()
+        .filter_map(|p| Some((p["id"].as_str()?, p)))
+        .collect();
     let root = packages
         .iter()
         .find(|p| p["name"] == package)
@@ -134,18 +141,29 @@ fn cargo_components(metadata: &Value, package: &str) -> anyhow::Result<Vec<Compo
 }
 
 fn cargo_version(metadata: &Value, name: &str) -> Option<String> {
-    metadata["packages"].as_array()?.iter().find(|p| p["name"] == name)?["version"].as_str().map(str::to_owned)
+    metadata["packages"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == name)?["version"]
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// Packages the production bundle can contain: every locked package not marked `dev`.
 fn npm_components(lock: &Value) -> Vec<Component> {
-    let Some(packages) = lock["packages"].as_object() else { return Vec::new() };
+    let Some(packages) = lock["packages"].as_object() else {
+        return Vec::new();
+    };
     packages
         .iter()
         .filter(|(path, meta)| !path.is_empty() && meta["dev"] != Value::Bool(true))
         .filter_map(|(path, meta)| {
             let name = path.rsplit("node_modules/").next()?.to_owned();
-            Some(Component { ecosystem: "npm", name, version: meta["version"].as_str()?.to_owned() })
+            Some(Component {
+                ecosystem: "npm",
+                name,
+                version: meta["version"].as_str()?.to_owned(),
+            })
         })
         .collect()
 }
@@ -153,9 +171,12 @@ fn npm_components(lock: &Value) -> Vec<Component> {
 /// `cargo metadata` for the image target, read once per build.
 pub(crate) fn cargo_metadata(sh: &xshell::Shell) -> anyhow::Result<Value> {
     let cargo = crate::ci::cargo(sh);
-    let text = xshell::cmd!(sh, "{cargo} metadata --format-version 1 --locked --filter-platform {TARGET}")
-        .quiet()
-        .read()?;
+    let text = xshell::cmd!(
+        sh,
+        "{cargo} metadata --format-version 1 --locked --filter-platform {TARGET}"
+    )
+    .quiet()
+    .read()?;
     serde_json::from_str(&text).context("parsing `cargo metadata` output")
 }
 
@@ -171,7 +192,10 @@ mod tests {
             "node_modules/@scope/pkg": {"version": "1.2.3"},
             "node_modules/vitest": {"version": "3.0.0", "dev": true},
         }});
-        let names: Vec<String> = npm_components(&lock).into_iter().map(|c| format!("{}@{}", c.name, c.version)).collect();
+        let names: Vec<String> = npm_components(&lock)
+            .into_iter()
+            .map(|c| format!("{}@{}", c.name, c.version))
+            .collect();
         assert_eq!(names, ["@scope/pkg@1.2.3", "react@19.0.0"]);
     }
 }

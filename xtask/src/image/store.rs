@@ -55,10 +55,14 @@ impl Store {
             return Ok((blob, true));
         }
         let temp = self.temp_path();
-        let file = fs::File::create(&temp).with_context(|| format!("creating `{}`", temp.display()))?;
+        let file =
+            fs::File::create(&temp).with_context(|| format!("creating `{}`", temp.display()))?;
         let blob = layer::write(entries, mtime, BufWriter::new(file))?;
         self.commit(&temp, &blob.digest)?;
-        fs::write(&record, format!("{} {} {}\n", blob.digest, blob.diff_id, blob.size))?;
+        fs::write(
+            &record,
+            format!("{} {} {}\n", blob.digest, blob.diff_id, blob.size),
+        )?;
         Ok((blob, false))
     }
 
@@ -86,7 +90,8 @@ impl Store {
 
     fn temp_path(&self) -> PathBuf {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        self.root.join(format!(".blobs/tmp-{}-{n}", std::process::id()))
+        self.root
+            .join(format!(".blobs/tmp-{}-{n}", std::process::id()))
     }
 
     fn commit(&self, temp: &Path, digest: &str) -> anyhow::Result<()> {
@@ -95,10 +100,17 @@ impl Store {
     }
 
     /// Writes `<name>/` as an OCI image layout holding exactly this image's blobs.
-    pub(crate) fn write_layout(&self, name: &str, image: &ImageBlobs, reference: &str, tag: &str) -> anyhow::Result<PathBuf> {
+    pub(crate) fn write_layout(
+        &self,
+        name: &str,
+        image: &ImageBlobs,
+        reference: &str,
+        tag: &str,
+    ) -> anyhow::Result<PathBuf> {
         let dir = self.root.join(name);
         if dir.exists() {
-            fs::remove_dir_all(&dir).with_context(|| format!("removing old `{}`", dir.display()))?;
+            fs::remove_dir_all(&dir)
+                .with_context(|| format!("removing old `{}`", dir.display()))?;
         }
         let blobs = dir.join("blobs/sha256");
         fs::create_dir_all(&blobs)?;
@@ -106,7 +118,8 @@ impl Store {
             let from = self.blob_path(digest);
             let to = dir.join(blob_rel_path(digest));
             if fs::hard_link(&from, &to).is_err() {
-                fs::copy(&from, &to).with_context(|| format!("copying blob {digest} into `{}`", dir.display()))?;
+                fs::copy(&from, &to)
+                    .with_context(|| format!("copying blob {digest} into `{}`", dir.display()))?;
             }
         }
         fs::write(dir.join("oci-layout"), OCI_LAYOUT)?;
@@ -133,12 +146,28 @@ impl Store {
             None => bail!("an archive needs at least one `name:tag`"),
         };
         let mut entries = vec![
-            Entry::file("oci-layout", 0o644, Source::Bytes(OCI_LAYOUT.as_bytes().to_vec())),
-            Entry::file("index.json", 0o644, Source::Bytes(image.index(&reference, &tag)?.bytes)),
-            Entry::file("manifest.json", 0o644, Source::Bytes(oci::canonical_json(&docker_manifest))),
+            Entry::file(
+                "oci-layout",
+                0o644,
+                Source::Bytes(OCI_LAYOUT.as_bytes().to_vec()),
+            ),
+            Entry::file(
+                "index.json",
+                0o644,
+                Source::Bytes(image.index(&reference, &tag)?.bytes),
+            ),
+            Entry::file(
+                "manifest.json",
+                0o644,
+                Source::Bytes(oci::canonical_json(&docker_manifest)),
+            ),
         ];
         for digest in image.digests() {
-            entries.push(Entry::file(&blob_rel_path(digest), 0o644, Source::Path(self.blob_path(digest))));
+            entries.push(Entry::file(
+                &blob_rel_path(digest),
+                0o644,
+                Source::Path(self.blob_path(digest)),
+            ));
         }
         let entries = layer::normalize(entries)?;
         let path = self.root.join(format!("{name}.tar"));
@@ -155,7 +184,10 @@ impl Store {
 const OCI_LAYOUT: &str = r#"{"imageLayoutVersion":"1.0.0"}"#;
 
 fn blob_rel_path(digest: &str) -> String {
-    format!("blobs/sha256/{}", digest.strip_prefix("sha256:").unwrap_or(digest))
+    format!(
+        "blobs/sha256/{}",
+        digest.strip_prefix("sha256:").unwrap_or(digest)
+    )
 }
 
 /// The blobs of one image, as they were hashed.

@@ -1,0 +1,136 @@
+//! Builds the images a second time from another clone, at another path with other file
+//! mtimes, and requires identical digests; on a difference, says where it comes from.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context, bail};
+use xshell::{Shell, cmd};
+
+use crate::{
+    ci::cargo,
+    image::{BuildReport, verify},
+    project,
+};
+
+pub(crate) fn check(sh: &Shell, first: &BuildReport, scratch: &Path) -> anyhow::Result<()> {
+    let clone = scratch.join("second-clone");
+    let _ = std::fs::remove_dir_all(&clone);
+    let root = project::root();
+    cmd!(sh, "git clone --quiet --no-hardlinks {root} {clone}").run()?;
+    overlay_working_tree(sh, &root, &clone)?;
+    // Every file gets an mtime no build would use, a day apart from the original checkout.
+    touch_all(
+        &clone,
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000),
+    )?;
+
+    let _dir = sh.push_dir(&clone);
+    let cargo = cargo(sh);
+    let json = cmd!(sh, "{cargo} run --quiet --package xtask -- build --json")
+        .env_remove("SOURCE_DATE_EPOCH")
+        .read()
+        .context("building the images from the second clone")?;
+    drop(_dir);
+    let second: serde_json::Value =
+        serde_json::from_str(&json).context("parsing `build --json` output")?;
+    let second: BTreeMap<String, serde_json::Value> = second["images"]
+        .as_array()
+        .context("no images in `build --json` output")?
+        .iter()
+        .filter_map(|image| Some((image["name"].as_str()?.to_owned(), image.clone())))
+        .collect();
+
+    let mut problems = Vec::new();
+    for image in &first.images {
+        let other = second
+            .get(image.name)
+            .with_context(|| format!("second build has no `{}`", image.name))?;
+        if other["digest"] == image.blobs.manifest.digest.as_str() {
+            eprintln!(
+                "  {}: {} reproduced",
+                image.name, image.blobs.manifest.digest
+            );
+            continue;
+        }
+        problems.push(format!(
+            "{}: manifest {} vs {}",
+            image.name, image.blobs.manifest.digest, other["digest"]
+        ));
+        let other_layers = other["layers"].as_array().cloned().unwrap_or_default();
+        for (idx, layer) in image.blobs.layers.iter().enumerate() {
+            let Some(other_digest) = other_layers.get(idx).and_then(|l| l["digest"].as_str())
+            else {
+                problems.push(format!("  layer {idx}: missing from the second build"));
+                continue;
+            };
+            if other_digest == layer.digest {
+                continue;
+            }
+            let ours = blob_path(&root, &layer.digest);
+            let theirs = blob_path(&clone, other_digest);
+            for difference in verify::diff_layers(&ours, &theirs)? {
+                problems.push(format!("  layer {idx} ({}): {difference}", image.name));
+            }
+        }
+        if other["config_digest"] != image.blobs.config.digest.as_str() {
+            problems.push(format!(
+                "  config differs: compare `{}` with `{}`",
+                blob_path(&root, &image.blobs.config.digest).display(),
+                blob_path(&clone, other["config_digest"].as_str().unwrap_or("")).display()
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        bail!("images are not reproducible:\n{}", problems.join("\n"));
+    }
+    std::fs::remove_dir_all(&clone)?;
+    Ok(())
+}
+
+fn blob_path(root: &Path, digest: &str) -> PathBuf {
+    root.join("target/images/.blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
+/// Brings uncommitted changes into the clone, so both trees hold the same files.
+fn overlay_working_tree(sh: &Shell, root: &Path, clone: &Path) -> anyhow::Result<()> {
+    let _dir = sh.push_dir(root);
+    let changed = cmd!(sh, "git ls-files --modified --others --exclude-standard")
+        .quiet()
+        .read()?;
+    for rel in changed.lines().filter(|l| !l.is_empty()) {
+        let from = root.join(rel);
+        let to = clone.join(rel);
+        if from.exists() {
+            std::fs::create_dir_all(to.parent().context("path without parent")?)?;
+            std::fs::copy(&from, &to).with_context(|| format!("copying `{rel}` into the clone"))?;
+        }
+    }
+    let deleted = cmd!(sh, "git ls-files --deleted").quiet().read()?;
+    for rel in deleted.lines().filter(|l| !l.is_empty()) {
+        let _ = std::fs::remove_file(clone.join(rel));
+    }
+    Ok(())
+}
+
+fn touch_all(dir: &Path, mtime: SystemTime) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.is_dir() {
+            if path.file_name().is_some_and(|n| n != ".git") {
+                touch_all(&path, mtime)?;
+            }
+        } else if meta.is_file() {
+            std::fs::File::options()
+                .write(true)
+                .open(&path)?
+                .set_modified(mtime)?;
+        }
+    }
+    Ok(())
+}
