@@ -1,0 +1,70 @@
+//! `timemanager-backend` binary: argument dispatch only; the server lives in the library.
+
+use std::process::ExitCode;
+
+use timemanager_backend::config::Config;
+use timemanager_backend::{REVISION, VERSION, healthcheck};
+
+const USAGE: &str = "usage: timemanager-backend [healthcheck | --version | --help]
+
+Runs the Time Manager API server (configured through APP_HOST, APP_PORT, DATABASE_URL,
+RUST_LOG, CORS_ALLOWED_ORIGINS, OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME).
+`healthcheck` exits 0 if http://127.0.0.1:$APP_PORT/health answers 200 within 3 s.";
+
+/// Configuration and usage errors, distinct from runtime failures (1).
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    // args_os: std::env::args() would panic on a non-UTF-8 argument.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let words: Vec<&str> = args
+        .iter()
+        .map(|a| a.to_str().unwrap_or("\u{FFFD}"))
+        .collect();
+    match words.as_slice() {
+        [] => serve(),
+        ["healthcheck"] => match healthcheck::probe_from_env() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(reason) => {
+                eprintln!("unhealthy: {reason}");
+                ExitCode::FAILURE
+            }
+        },
+        ["--version" | "-V"] => {
+            println!("timemanager-backend {VERSION} ({REVISION})");
+            ExitCode::SUCCESS
+        }
+        ["--help" | "-h"] => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!(
+                "error: unexpected arguments {words:?}; {}",
+                USAGE.lines().next().unwrap_or_default()
+            );
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn serve() -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(timemanager_backend::run(config))
+}

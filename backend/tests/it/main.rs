@@ -1,0 +1,15 @@
+//! Integration tests against real PostgreSQL: the router in-process and the compiled binary.
+
+// clippy.toml allows unwrap in tests, but only inside #[test] functions; helpers here
+// are test code too, where a panic is exactly the failure report we want.
+#![allow(clippy::unwrap_used, reason = "test code")]
+
+mod binary;
+mod clock;
+mod cors;
+mod health;
+mod metrics;
+mod migrations;
+mod pg;
+mod support;
+mod users;
