@@ -74,7 +74,7 @@ pub(crate) struct BuildReport {
 }
 
 pub(crate) fn images_dir() -> PathBuf {
-    project::root().join("target/images")
+    project::target_dir().join("images")
 }
 
 /// Builds the named images (all when empty): compile once, then assemble each concurrently.

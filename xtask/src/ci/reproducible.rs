@@ -28,9 +28,13 @@ pub(crate) fn check(sh: &Shell, first: &BuildReport, scratch: &Path) -> anyhow::
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000),
     )?;
 
+    // Outside the clone, so a rerun reuses compiled dependencies; nothing in it is shared
+    // with the first build, whose flags name another path.
+    let clone_target = scratch.join("second-clone-target");
     let _dir = sh.push_dir(&clone);
     let cargo = cargo(sh);
     let json = cmd!(sh, "{cargo} run --quiet --package xtask -- build --json")
+        .env("CARGO_TARGET_DIR", &clone_target)
         .env_remove("SOURCE_DATE_EPOCH")
         .read()
         .context("building the images from the second clone")?;
@@ -70,8 +74,8 @@ pub(crate) fn check(sh: &Shell, first: &BuildReport, scratch: &Path) -> anyhow::
             if other_digest == layer.digest {
                 continue;
             }
-            let ours = blob_path(&root, &layer.digest);
-            let theirs = blob_path(&clone, other_digest);
+            let ours = blob_path(&project::target_dir(), &layer.digest);
+            let theirs = blob_path(&clone_target, other_digest);
             for difference in verify::diff_layers(&ours, &theirs)? {
                 problems.push(format!("  layer {idx} ({}): {difference}", image.name));
             }
@@ -79,8 +83,8 @@ pub(crate) fn check(sh: &Shell, first: &BuildReport, scratch: &Path) -> anyhow::
         if other["config_digest"] != image.blobs.config.digest.as_str() {
             problems.push(format!(
                 "  config differs: compare `{}` with `{}`",
-                blob_path(&root, &image.blobs.config.digest).display(),
-                blob_path(&clone, other["config_digest"].as_str().unwrap_or("")).display()
+                blob_path(&project::target_dir(), &image.blobs.config.digest).display(),
+                blob_path(&clone_target, other["config_digest"].as_str().unwrap_or("")).display()
             ));
         }
     }
@@ -91,8 +95,9 @@ pub(crate) fn check(sh: &Shell, first: &BuildReport, scratch: &Path) -> anyhow::
     Ok(())
 }
 
-fn blob_path(root: &Path, digest: &str) -> PathBuf {
-    root.join("target/images/.blobs/sha256")
+fn blob_path(target_dir: &Path, digest: &str) -> PathBuf {
+    target_dir
+        .join("images/.blobs/sha256")
         .join(digest.trim_start_matches("sha256:"))
 }
 

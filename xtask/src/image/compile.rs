@@ -123,8 +123,7 @@ fn build_binaries(
     .env("SOURCE_DATE_EPOCH", revision.epoch.to_string())
     .run()?;
     for package in packages {
-        let path = root
-            .join("target")
+        let path = project::target_dir()
             .join(TARGET)
             .join("release")
             .join(package);
@@ -168,7 +167,11 @@ fn build_frontend(sh: &Shell, cache_dir: &Path) -> anyhow::Result<PathBuf> {
 fn run_to_stderr(cmd: xshell::Cmd<'_>) -> anyhow::Result<()> {
     let shown = cmd.to_string();
     let output = cmd.ignore_status().output()?;
-    eprint!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    eprint!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     if !output.status.success() {
         anyhow::bail!("`{shown}` failed with {}", output.status);
     }
