@@ -139,9 +139,7 @@ fn build_frontend(sh: &Shell, cache_dir: &Path) -> anyhow::Result<PathBuf> {
     let _dir = sh.push_dir(&frontend);
     let installed = frontend.join("node_modules/.package-lock.json");
     if is_older(&installed, &frontend.join("package-lock.json")) {
-        cmd!(sh, "npm ci --no-audit --no-fund")
-            .run()
-            .context("npm ci in `frontend/`")?;
+        run_to_stderr(cmd!(sh, "npm ci --no-audit --no-fund")).context("npm ci in `frontend/`")?;
     }
     let api_base = sh
         .var("VITE_API_BASE_URL")
