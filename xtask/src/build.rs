@@ -25,12 +25,7 @@ impl flags::Build {
             }
         }
         if self.json {
-            let images: Vec<_> = report
-                .images
-                .iter()
-                .map(image::BuiltImage::to_json)
-                .collect();
-            println!("{}", serde_json::json!({ "images": images }));
+            println!("{}", report.to_json());
             return Ok(());
         }
         eprintln!(

@@ -16,6 +16,24 @@ pub(crate) enum Command {
     Ci(Ci),
     /// Build the container images without Docker into `target/images/`.
     Build(Build),
+    /// Measure the pipeline and print a table for BENCHMARKS.md.
+    Bench(Bench),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Bench {
+    /// What to measure.
+    #[arg(value_enum)]
+    pub(crate) what: BenchWhat,
+    /// Repetitions of each warm scenario (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub(crate) runs: usize,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum BenchWhat {
+    /// Cold build, no-change rebuild, one-line backend change: compile vs assembly, sizes.
+    Build,
 }
 
 #[derive(Debug, Args)]

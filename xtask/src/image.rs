@@ -63,6 +63,23 @@ impl BuiltImage {
             "config_digest": self.blobs.config.digest,
             "compressed_size": self.compressed_size(),
             "layers": self.blobs.layers.iter().map(|l| json!({"digest": l.digest, "size": l.size})).collect::<Vec<_>>(),
+            "assembly_seconds": self.times.total().as_secs_f64(),
+        })
+    }
+}
+
+impl AssemblyTimes {
+    pub(crate) fn total(&self) -> Duration {
+        self.layers + self.layout + self.archive + self.sbom
+    }
+}
+
+impl BuildReport {
+    /// The `build --json` document: digests and sizes per image, plus stage times.
+    pub(crate) fn to_json(&self) -> Value {
+        json!({
+            "images": self.images.iter().map(BuiltImage::to_json).collect::<Vec<_>>(),
+            "compile_seconds": {"cargo": self.compile.cargo.as_secs_f64(), "npm": self.compile.npm.as_secs_f64()},
         })
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! Command handlers stay thin: each parses its flags and calls one stage module.
 
+mod bench;
 mod build;
 mod ci;
 mod flags;
@@ -38,5 +39,6 @@ fn run(xtask: Xtask) -> anyhow::Result<()> {
     match xtask.command {
         Command::Ci(cmd) => cmd.run(sh),
         Command::Build(cmd) => cmd.run(sh),
+        Command::Bench(cmd) => cmd.run(sh),
     }
 }

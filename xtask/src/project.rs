@@ -63,6 +63,31 @@ fn parse_epoch(value: &str) -> anyhow::Result<u64> {
     })
 }
 
+/// Clones HEAD into `dest` and brings the working tree's uncommitted changes along,
+/// so the clone holds exactly the files of this checkout.
+pub(crate) fn clone_working_tree(sh: &xshell::Shell, dest: &Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let root = root();
+    xshell::cmd!(sh, "git clone --quiet --no-hardlinks {root} {dest}").run()?;
+    let _dir = sh.push_dir(&root);
+    let changed = xshell::cmd!(sh, "git ls-files --modified --others --exclude-standard")
+        .quiet()
+        .read()?;
+    for rel in changed.lines().filter(|l| !l.is_empty()) {
+        let (from, to) = (root.join(rel), dest.join(rel));
+        if from.is_file() {
+            std::fs::create_dir_all(to.parent().context("path without parent")?)?;
+            std::fs::copy(&from, &to)
+                .with_context(|| format!("copying `{rel}` into `{}`", dest.display()))?;
+        }
+    }
+    let deleted = xshell::cmd!(sh, "git ls-files --deleted").quiet().read()?;
+    for rel in deleted.lines().filter(|l| !l.is_empty()) {
+        let _ = std::fs::remove_file(dest.join(rel));
+    }
+    Ok(())
+}
+
 /// `https://github.com/OWNER/REPO`: from `GITHUB_REPOSITORY` in CI, else the workspace manifest.
 ///
 /// Never from the git remote: a clone's remote is a machine path, which would make

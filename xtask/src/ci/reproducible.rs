@@ -19,9 +19,7 @@ use crate::{
 pub(crate) fn check(sh: &Shell, first: &BuildReport, scratch: &Path) -> anyhow::Result<()> {
     let clone = scratch.join("second-clone");
     let _ = std::fs::remove_dir_all(&clone);
-    let root = project::root();
-    cmd!(sh, "git clone --quiet --no-hardlinks {root} {clone}").run()?;
-    overlay_working_tree(sh, &root, &clone)?;
+    project::clone_working_tree(sh, &clone)?;
     // Every file gets an mtime no build would use, a day apart from the original checkout.
     touch_all(
         &clone,
@@ -99,27 +97,6 @@ fn blob_path(target_dir: &Path, digest: &str) -> PathBuf {
     target_dir
         .join("images/.blobs/sha256")
         .join(digest.trim_start_matches("sha256:"))
-}
-
-/// Brings uncommitted changes into the clone, so both trees hold the same files.
-fn overlay_working_tree(sh: &Shell, root: &Path, clone: &Path) -> anyhow::Result<()> {
-    let _dir = sh.push_dir(root);
-    let changed = cmd!(sh, "git ls-files --modified --others --exclude-standard")
-        .quiet()
-        .read()?;
-    for rel in changed.lines().filter(|l| !l.is_empty()) {
-        let from = root.join(rel);
-        let to = clone.join(rel);
-        if from.exists() {
-            std::fs::create_dir_all(to.parent().context("path without parent")?)?;
-            std::fs::copy(&from, &to).with_context(|| format!("copying `{rel}` into the clone"))?;
-        }
-    }
-    let deleted = cmd!(sh, "git ls-files --deleted").quiet().read()?;
-    for rel in deleted.lines().filter(|l| !l.is_empty()) {
-        let _ = std::fs::remove_file(clone.join(rel));
-    }
-    Ok(())
 }
 
 fn touch_all(dir: &Path, mtime: SystemTime) -> anyhow::Result<()> {

@@ -82,13 +82,14 @@ pub(crate) fn normalize(entries: Vec<Entry>) -> anyhow::Result<Vec<Entry>> {
     let mut by_path: BTreeMap<String, Entry> = BTreeMap::new();
     for mut entry in entries {
         entry.path = clean_path(&entry.path)?;
-        if let Some(previous) = by_path.get(&entry.path) {
-            if previous != &entry {
-                bail!(
-                    "layer lists `{}` twice with different contents or metadata",
-                    entry.path
-                );
-            }
+        if by_path
+            .get(&entry.path)
+            .is_some_and(|previous| previous != &entry)
+        {
+            bail!(
+                "layer lists `{}` twice with different contents or metadata",
+                entry.path
+            );
         }
         by_path.insert(entry.path.clone(), entry);
     }

@@ -120,10 +120,10 @@ fn cargo_components(metadata: &Value, package: &str) -> anyhow::Result<Vec<Compo
                 .into_iter()
                 .flatten()
                 .any(|kind| kind["kind"].is_null());
-            if let (true, Some(dep_id)) = (normal, dep["pkg"].as_str()) {
-                if seen.insert(dep_id) {
-                    stack.push(dep_id);
-                }
+            if let (true, Some(dep_id)) = (normal, dep["pkg"].as_str())
+                && seen.insert(dep_id)
+            {
+                stack.push(dep_id);
             }
         }
     }
