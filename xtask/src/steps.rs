@@ -74,7 +74,9 @@ mod tests {
     fn failing_step_is_named_and_stops_the_run() {
         let mut steps = Steps::default();
         steps.run("first", || Ok(())).unwrap();
-        let err = steps.run::<()>("second", || anyhow::bail!("boom")).unwrap_err();
+        let err = steps
+            .run::<()>("second", || anyhow::bail!("boom"))
+            .unwrap_err();
         assert_eq!(format!("{err:#}"), "step `second` failed: boom");
         assert_eq!(steps.done.len(), 1);
     }
