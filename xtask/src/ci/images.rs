@@ -107,7 +107,7 @@ pub(crate) fn check_containers(
         let reference = format!("timemanager/{}:{tag}", image.name);
         match image.name {
             "backend" => run_backend(sh, &reference, &report.revision.commit)?,
-            "frontend" => run_frontend(sh, &reference)?,
+            "frontend" => run_frontend(sh, &reference, report.revision.epoch)?,
             other => bail!("no container check for image `{other}`"),
         }
     }
@@ -231,7 +231,7 @@ fn run_backend(sh: &Shell, reference: &str, commit: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn run_frontend(sh: &Shell, reference: &str) -> anyhow::Result<()> {
+fn run_frontend(sh: &Shell, reference: &str, epoch: u64) -> anyhow::Result<()> {
     let port = postgres::free_port()?;
     let container = Container::run(
         sh,
@@ -269,6 +269,17 @@ fn run_frontend(sh: &Shell, reference: &str) -> anyhow::Result<()> {
     ensure!(
         js.header("content-encoding") == Some("gzip"),
         "{asset}: precompressed gzip not served"
+    );
+    // Regression guard: assets stamped 1970 break Last-Modified caching.
+    let created = crate::project::rfc3339(epoch);
+    let (date, time) = created
+        .trim_end_matches('Z')
+        .split_once('T')
+        .unwrap_or_default();
+    let last_modified = js.header("last-modified").unwrap_or_default();
+    ensure!(
+        last_modified.contains(&date[..4]) && last_modified.contains(time),
+        "{asset}: Last-Modified `{last_modified}` is not the commit time {created}"
     );
     let fallback = http::get(&format!("{base}/history/some-client-route"), &[])?;
     ensure!(

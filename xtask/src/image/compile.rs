@@ -145,18 +145,15 @@ fn build_frontend(sh: &Shell, cache_dir: &Path) -> anyhow::Result<PathBuf> {
         .var("VITE_API_BASE_URL")
         .unwrap_or_else(|_| "/api".to_owned());
     let stamp_path = cache_dir.join("vite-dist.stamp");
-    let stamp = format!(
-        "{}\nVITE_API_BASE_URL={api_base}\n",
-        inputs_hash(&frontend)?
-    );
     let dist = frontend.join("dist");
     let fresh = dist.join("index.html").is_file()
-        && fs::read_to_string(&stamp_path).is_ok_and(|old| old == stamp);
+        && fs::read_to_string(&stamp_path)
+            .is_ok_and(|old| vite_stamp(&frontend, &api_base).is_ok_and(|now| now == old));
     if !fresh {
         run_to_stderr(cmd!(sh, "npm run build").env("VITE_API_BASE_URL", &api_base))
             .context("npm run build in `frontend/`")?;
         fs::create_dir_all(cache_dir)?;
-        fs::write(&stamp_path, stamp)?;
+        fs::write(&stamp_path, vite_stamp(&frontend, &api_base)?)?;
     }
     Ok(dist)
 }
@@ -184,16 +181,28 @@ fn is_older(path: &Path, than: &Path) -> bool {
     }
 }
 
-/// Hash of every source file of the frontend (not `node_modules` nor `dist`).
-fn inputs_hash(frontend: &Path) -> anyhow::Result<String> {
+/// What `dist/` was built from and what it holds: a build is skipped only when both match,
+/// so a `dist/` rewritten by a plain `npm run build` (other env) is never taken as ours.
+fn vite_stamp(frontend: &Path, api_base: &str) -> anyhow::Result<String> {
+    Ok(format!(
+        "inputs {}\ndist {}\nVITE_API_BASE_URL={api_base}\n",
+        tree_hash(frontend, &["node_modules", "dist", ".vite"])?,
+        tree_hash(&frontend.join("dist"), &[])?
+    ))
+}
+
+/// Hash of the paths and contents of every file under `dir`, minus `skip`ped directories.
+fn tree_hash(dir: &Path, skip: &[&str]) -> anyhow::Result<String> {
     let mut files = Vec::new();
-    let mut stack = vec![frontend.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for item in fs::read_dir(&dir).with_context(|| format!("reading `{}`", dir.display()))? {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(current) = stack.pop() {
+        let listing =
+            fs::read_dir(&current).with_context(|| format!("reading `{}`", current.display()))?;
+        for item in listing {
             let path = item?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             if path.is_dir() {
-                if !matches!(name, "node_modules" | "dist" | ".vite") {
+                if !skip.contains(&name) {
                     stack.push(path);
                 }
             } else {
@@ -204,7 +213,7 @@ fn inputs_hash(frontend: &Path) -> anyhow::Result<String> {
     files.sort();
     let mut hasher = Sha256::new();
     for file in files {
-        let rel = file.strip_prefix(frontend)?;
+        let rel = file.strip_prefix(dir)?;
         hasher.update(format!(
             "{} {}\n",
             rel.display(),
@@ -212,4 +221,40 @@ fn inputs_hash(frontend: &Path) -> anyhow::Result<String> {
         ));
     }
     Ok(layer::hex(&hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: `npm run build` without `VITE_API_BASE_URL` (as `ci` runs it) rewrote
+    /// `dist/` after an image build, and the next image build shipped that bundle.
+    #[test]
+    fn vite_stamp_changes_when_dist_is_rewritten_behind_our_back() {
+        let dir = std::env::temp_dir().join(format!("xtask-vite-stamp-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("src")).unwrap();
+        fs::create_dir_all(dir.join("dist/assets")).unwrap();
+        fs::create_dir_all(dir.join("node_modules/x")).unwrap();
+        fs::write(dir.join("src/main.ts"), "export {}").unwrap();
+        fs::write(dir.join("dist/assets/index-A.js"), "a").unwrap();
+        let stamp = vite_stamp(&dir, "/api").unwrap();
+        fs::write(dir.join("node_modules/x/ignored.js"), "x").unwrap();
+        assert_eq!(
+            vite_stamp(&dir, "/api").unwrap(),
+            stamp,
+            "node_modules must not count"
+        );
+        assert_ne!(
+            vite_stamp(&dir, "https://time-manager.app/api").unwrap(),
+            stamp
+        );
+        fs::rename(
+            dir.join("dist/assets/index-A.js"),
+            dir.join("dist/assets/index-B.js"),
+        )
+        .unwrap();
+        assert_ne!(vite_stamp(&dir, "/api").unwrap(), stamp);
+        fs::remove_dir_all(dir).unwrap();
+    }
 }
