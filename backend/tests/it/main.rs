@@ -7,6 +7,7 @@
 mod binary;
 mod clock;
 mod cors;
+mod dashboards;
 mod health;
 mod metrics;
 mod migrations;
