@@ -399,6 +399,35 @@ mod tests {
     }
 
     #[test]
+    fn symlinks_are_stored_as_links_with_their_target() {
+        let entries = normalize(vec![Entry {
+            path: "usr/bin/app".to_owned(),
+            kind: EntryKind::Symlink("/app/timemanager-backend".to_owned()),
+            mode: 0o777,
+            uid: 0,
+            gid: 0,
+        }])
+        .unwrap();
+        let (_, bytes) = build(&entries);
+        let mut tar_bytes = Vec::new();
+        flate2::read::GzDecoder::new(bytes.as_slice())
+            .read_to_end(&mut tar_bytes)
+            .unwrap();
+        let mut archive = tar::Archive::new(tar_bytes.as_slice());
+        let link = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap())
+            .find(|e| e.path().unwrap().ends_with("app"))
+            .unwrap();
+        assert_eq!(link.header().entry_type(), tar::EntryType::Symlink);
+        assert_eq!(
+            link.link_name().unwrap().unwrap().to_str(),
+            Some("/app/timemanager-backend")
+        );
+    }
+
+    #[test]
     fn conflicting_duplicates_and_escaping_paths_are_rejected() {
         let dup = normalize(vec![
             Entry::file("a", 0o644, Source::Bytes(b"1".to_vec())),

@@ -209,3 +209,28 @@ impl ImageBlobs {
         oci::to_blob(&oci::layout_index(&self.manifest, reference, tag)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unchanged_layer_inputs_hit_the_cache_and_a_lost_blob_is_rebuilt() {
+        let root = std::env::temp_dir().join(format!("xtask-store-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let store = Store::new(root.clone()).unwrap();
+        let entries =
+            layer::normalize(vec![Entry::file("a", 0o644, Source::Bytes(b"1".to_vec()))]).unwrap();
+        let (first, cached) = store.layer(&entries, 7).unwrap();
+        assert!(!cached);
+        let (second, cached) = store.layer(&entries, 7).unwrap();
+        assert!(cached);
+        assert_eq!(first, second);
+        fs::remove_file(store.blob_path(&first.digest)).unwrap();
+        let (third, cached) = store.layer(&entries, 7).unwrap();
+        assert!(!cached, "a cache record without its blob must not count");
+        assert_eq!(third, first);
+        assert!(store.blob_path(&first.digest).is_file());
+        fs::remove_dir_all(root).unwrap();
+    }
+}
