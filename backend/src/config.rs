@@ -1,11 +1,14 @@
 //! Start-up configuration, read once from environment variables and validated up front.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 
 use axum::http::HeaderValue;
 use sqlx::postgres::PgConnectOptions;
+
+/// Port served (and probed by `healthcheck`) when `APP_PORT` is unset or empty.
+const DEFAULT_PORT: u16 = 8080;
 
 /// Service name reported to the trace backend when `OTEL_SERVICE_NAME` is unset.
 pub const DEFAULT_SERVICE_NAME: &str = "timemanager-backend";
@@ -127,7 +130,7 @@ impl Config {
             })?,
         };
         let port = match get("APP_PORT")? {
-            None => 8080,
+            None => DEFAULT_PORT,
             Some(raw) => parse_port(&raw).map_err(|problem| invalid("APP_PORT", problem))?,
         };
         let database = match get("DATABASE_URL")? {
@@ -168,6 +171,22 @@ impl Config {
             otel,
         })
     }
+}
+
+/// Address the `healthcheck` subcommand probes: `127.0.0.1:$APP_PORT`. Reads nothing but
+/// `APP_PORT`, so the probe works without `DATABASE_URL` or any other setting.
+pub fn probe_addr_from_env() -> Result<SocketAddr, ConfigError> {
+    probe_addr(std::env::var("APP_PORT").ok().as_deref())
+}
+
+fn probe_addr(app_port: Option<&str>) -> Result<SocketAddr, ConfigError> {
+    let port = match app_port {
+        Some(raw) if !raw.trim().is_empty() => {
+            parse_port(raw).map_err(|problem| invalid("APP_PORT", problem))?
+        }
+        _ => DEFAULT_PORT,
+    };
+    Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
 }
 
 /// Parses a TCP port, shared with the `healthcheck` subcommand.
@@ -381,6 +400,18 @@ mod tests {
                 format!("APP_PORT must be a port number (1-65535), got \"{bad}\"")
             );
         }
+    }
+
+    #[test]
+    fn probe_addr_is_loopback_on_app_port() {
+        let loopback = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        assert_eq!(probe_addr(None).unwrap(), loopback(8080));
+        assert_eq!(probe_addr(Some(" ")).unwrap(), loopback(8080));
+        assert_eq!(probe_addr(Some(" 9000 ")).unwrap(), loopback(9000));
+        assert_eq!(
+            probe_addr(Some("0")).unwrap_err().to_string(),
+            "APP_PORT must be a port number (1-65535), got \"0\""
+        );
     }
 
     #[test]

@@ -5,7 +5,6 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod health;
-pub mod healthcheck;
 pub mod metrics;
 pub mod telemetry;
 pub mod users;

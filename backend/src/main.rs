@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use timemanager_backend::config::Config;
-use timemanager_backend::{REVISION, VERSION, healthcheck};
+use timemanager_backend::config::{self, Config};
+use timemanager_backend::{REVISION, VERSION};
 
 const USAGE: &str = "usage: timemanager-backend [healthcheck | --version | --help]
 
@@ -23,13 +23,7 @@ fn main() -> ExitCode {
         .collect();
     match words.as_slice() {
         [] => serve(),
-        ["healthcheck"] => match healthcheck::probe_from_env() {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(reason) => {
-                eprintln!("unhealthy: {reason}");
-                ExitCode::FAILURE
-            }
-        },
+        ["healthcheck"] => timemanager_probe::run_healthcheck(config::probe_addr_from_env()),
         ["--version" | "-V"] => {
             println!("timemanager-backend {VERSION} ({REVISION})");
             ExitCode::SUCCESS

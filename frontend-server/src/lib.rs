@@ -4,7 +4,6 @@
 //! [`serve`] binds it and runs until a shutdown signal.
 
 pub mod config;
-pub mod healthcheck;
 
 use std::future::{Future, IntoFuture as _};
 use std::io;

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use timemanager_frontend_server::{Config, healthcheck, serve};
+use timemanager_frontend_server::{Config, serve};
 use tokio::signal::unix::{SignalKind, signal};
 
 const USAGE: &str = "usage: timemanager-frontend-server [healthcheck]
@@ -23,7 +23,9 @@ fn main() -> ExitCode {
         return run_server();
     };
     match command.to_str() {
-        Some("healthcheck") => run_healthcheck(),
+        Some("healthcheck") => {
+            timemanager_probe::run_healthcheck(Config::from_env().map(|config| config.probe_addr()))
+        }
         Some("-h" | "--help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -31,28 +33,6 @@ fn main() -> ExitCode {
         _ => {
             eprintln!("{USAGE}");
             ExitCode::from(EXIT_USAGE)
-        }
-    }
-}
-
-/// Docker's HEALTHCHECK contract: 0 healthy, 1 unhealthy (2 is reserved, so never used here).
-fn run_healthcheck() -> ExitCode {
-    let config = match Config::from_env() {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("unhealthy: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let addr = config.probe_addr();
-    match healthcheck::probe(addr, healthcheck::TIMEOUT) {
-        Ok(()) => {
-            println!("healthy: http://{addr}/health answered 200");
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("unhealthy: http://{addr}/health: {err}");
-            ExitCode::FAILURE
         }
     }
 }

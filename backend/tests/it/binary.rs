@@ -210,6 +210,11 @@ async fn sigterm_finishes_in_flight_request_refuses_new_connections_and_exits_0(
     loop {
         match TcpStream::connect(("127.0.0.1", backend.port)) {
             Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            // A connect that raced the listener's close sits in the backlog and is reset:
+            // not accepted either, so look again until the port refuses outright.
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             Err(err) => panic!("unexpected connect error: {err}"),
             Ok(_) => {
                 assert!(
