@@ -12,6 +12,8 @@ impl flags::Bench {
     pub(crate) fn run(self, sh: &Shell) -> anyhow::Result<()> {
         match self.what {
             flags::BenchWhat::Build => bench_build(sh, self.runs),
+            flags::BenchWhat::Push => bench_push(sh, self.runs),
+            flags::BenchWhat::Deploy => bench_deploy(sh, self.runs),
         }
     }
 }
@@ -132,4 +134,168 @@ fn machine(sh: &Shell) -> String {
         .unwrap_or_default();
     let cores = cmd!(sh, "nproc").quiet().read().unwrap_or_default();
     format!("{cpu}, {cores} cores")
+}
+
+/// Cold push (empty registry), no-change push and one-line-change push of both images to
+/// a local distribution registry with token auth (the GHCR flow: ping, token, HEADs).
+/// The one-line change is simulated (see `push_checks::changed_backend`): a rebuild of
+/// the backend is what `bench build` measures.
+fn bench_push(sh: &Shell, runs: usize) -> anyhow::Result<()> {
+    use crate::{
+        ci::push_checks::changed_backend,
+        harness::registry::{Auth, Registry},
+        push::{CredentialSource, PushOptions, push_built},
+    };
+    let runs = runs.max(1);
+    eprintln!("building the images (a no-op when they are up to date)...");
+    image::build(sh, &[])?;
+    let mut build_noop = Vec::new();
+    for _ in 0..runs {
+        let start = Instant::now();
+        image::build(sh, &[])?;
+        build_noop.push(start.elapsed().as_secs_f64());
+    }
+    let report = image::build(sh, &[])?;
+    let dir = image::images_dir().join(".bench/push");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let start_registry = |sh: &Shell| {
+        Registry::start(
+            sh,
+            Auth::Token {
+                user: "bench".to_owned(),
+                password: "bench-password".to_owned(),
+            },
+        )
+    };
+    let options = |registry: &Registry, cache: &Path| PushOptions {
+        registry: registry.host(),
+        namespace: Some("bench/tm".to_owned()),
+        credentials: registry
+            .credentials
+            .clone()
+            .map_or(CredentialSource::Anonymous, CredentialSource::Given),
+        mount_cache: Some(cache.to_path_buf()),
+        progress: false,
+        ..PushOptions::default()
+    };
+    let sample = |opts: &PushOptions, images: &[image::BuiltImage]| -> anyhow::Result<PushSample> {
+        let start = Instant::now();
+        let pushed = push_built(sh, opts, &report.revision, images)?;
+        Ok(PushSample {
+            wall: start.elapsed().as_secs_f64(),
+            uploaded: pushed.iter().map(|p| p.blobs_uploaded).sum(),
+            mounted: pushed.iter().map(|p| p.blobs_mounted).sum(),
+            bytes: pushed.iter().map(|p| p.bytes_uploaded).sum(),
+        })
+    };
+
+    let mut cold = Vec::new();
+    for idx in 0..runs {
+        eprintln!("cold push {}/{runs} (new registry)...", idx + 1);
+        let registry = start_registry(sh)?;
+        let cache = dir.join(format!("cold-{idx}.json"));
+        cold.push(sample(&options(&registry, &cache), &report.images)?);
+    }
+    let registry = start_registry(sh)?;
+    let cache = dir.join("warm.json");
+    let opts = options(&registry, &cache);
+    sample(&opts, &report.images)?;
+    let mut no_change = Vec::new();
+    for idx in 0..runs {
+        eprintln!("no-change push {}/{runs}...", idx + 1);
+        no_change.push(sample(&opts, &report.images)?);
+    }
+    // The command as a user runs it: process start, the build's no-op check, the push.
+    let exe = std::env::current_exe().context("locating the xtask binary")?;
+    let host = registry.host();
+    let creds = registry.credentials.clone().context("no credentials")?;
+    let mut end_to_end = Vec::new();
+    for idx in 0..runs {
+        eprintln!("no-change `cargo xtask push` {}/{runs}...", idx + 1);
+        let start = Instant::now();
+        cmd!(sh, "{exe} push --registry {host} --namespace bench/tm")
+            .env("REGISTRY_USERNAME", &creds.username)
+            .env("REGISTRY_PASSWORD", creds.secret.expose())
+            .secret()
+            .quiet()
+            .ignore_stderr()
+            .run()?;
+        end_to_end.push(start.elapsed().as_secs_f64());
+    }
+    let mut one_line = Vec::new();
+    for idx in 0..runs {
+        eprintln!("one-line backend change push {}/{runs}...", idx + 1);
+        let changed = changed_backend(
+            &report.images,
+            report.revision.epoch,
+            &dir.join(format!("changed-{idx}")),
+            u32::try_from(idx).unwrap_or(u32::MAX),
+        )?;
+        let images: Vec<image::BuiltImage> = report
+            .images
+            .iter()
+            .map(|i| {
+                if i.name == "backend" {
+                    changed.clone()
+                } else {
+                    i.clone()
+                }
+            })
+            .collect();
+        one_line.push(sample(&opts, &images)?);
+    }
+
+    println!("machine: {}", machine(sh));
+    println!(
+        "| scenario (both images, token auth, loopback) | wall | blobs uploaded | mounted | bytes uploaded |"
+    );
+    println!("|---|---|---|---|---|");
+    bench_push_row(&format!("cold push (median of {runs})"), &cold);
+    bench_push_row(&format!("no-change push (median of {runs})"), &no_change);
+    bench_push_row(
+        &format!("one-line backend change (median of {runs})"),
+        &one_line,
+    );
+    println!(
+        "| `image::build` no-op check that `cargo xtask push` runs first (median of {runs}) | {:.3} s | | | |",
+        bench_push_median(&build_noop)
+    );
+    println!(
+        "| no-change `xtask push` end to end: process, build check, push (median of {runs}) | {:.3} s | 0 | 0 | 0.00 MB |",
+        bench_push_median(&end_to_end)
+    );
+    Ok(())
+}
+
+/// One push of both images.
+struct PushSample {
+    wall: f64,
+    uploaded: usize,
+    mounted: usize,
+    bytes: u64,
+}
+
+fn bench_push_median(values: &[f64]) -> f64 {
+    let mut values = values.to_vec();
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or_default()
+}
+
+fn bench_push_row(name: &str, samples: &[PushSample]) {
+    let walls: Vec<f64> = samples.iter().map(|s| s.wall).collect();
+    let mid = &samples[samples.len() / 2];
+    println!(
+        "| {name} | {:.3} s | {} | {} | {:.2} MB |",
+        bench_push_median(&walls),
+        mid.uploaded,
+        mid.mounted,
+        mid.bytes as f64 / 1e6
+    );
+}
+
+/// A no-change deploy over ssh on loopback (sshd, registry, Docker, PostgreSQL from the e2e
+/// harness): wall time, its split by step, and the TCP connections sshd accepted.
+fn bench_deploy(sh: &Shell, runs: usize) -> anyhow::Result<()> {
+    crate::e2e::bench_deploy(sh, runs, &machine(sh))
 }

@@ -1,6 +1,8 @@
 //! `cargo xtask ci`: every check CI runs, in order, stopping at the first failure.
 
+mod base_images;
 mod images;
+pub(crate) mod push_checks;
 mod reproducible;
 
 use xshell::{Shell, cmd};
@@ -88,6 +90,12 @@ fn image_steps(sh: &Shell, steps: &mut Steps) -> anyhow::Result<()> {
     })?;
     steps.run("images: docker load and run", || {
         images::check_containers(sh, &report, &scratch)
+    })?;
+    steps.run("images: registry base, dynamic linking", || {
+        base_images::check(sh, &scratch, report.revision.epoch)
+    })?;
+    steps.run("push: real registry", || {
+        push_checks::check(sh, &report, &scratch)
     })?;
     steps.run("images: reproducible from a second clone", || {
         reproducible::check(sh, &report, &scratch)

@@ -16,8 +16,44 @@ pub(crate) enum Command {
     Ci(Ci),
     /// Build the container images without Docker into `target/images/`.
     Build(Build),
+    /// Manage registry base images (`base update` pins their digests).
+    Base(Base),
     /// Measure the pipeline and print a table for BENCHMARKS.md.
     Bench(Bench),
+    /// Build, push and deploy a release to the server over ssh, health-gated, rolled back on failure.
+    Deploy(Deploy),
+    /// Go back to the previous (or a named) release still on the server, health-gated.
+    Rollback(Rollback),
+    /// List the server's releases: time, result, and which one is current.
+    Releases(Releases),
+    /// Show the server's containers with their health, and the health URL's answer.
+    Status(Status),
+    /// Print (or follow) the logs of one service on the server.
+    Logs(Logs),
+    /// Provision a fresh Debian/Ubuntu server: Docker, compose, /opt/timemanager, firewall.
+    ServerSetup(ServerSetup),
+    /// Deploy, roll back and break releases on loopback with real sshd, registry and Docker.
+    E2e(E2e),
+    /// Push the built images to a registry (GHCR by default) over its HTTP API.
+    Push(Push),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Base {
+    #[command(subcommand)]
+    pub(crate) command: BaseCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BaseCommand {
+    /// Resolve each registry base's tag to its linux/amd64 digest and write `images.lock.json`.
+    Update(BaseUpdate),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BaseUpdate {
+    /// Extra references to pin besides those the image definitions name.
+    pub(crate) references: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -34,6 +70,10 @@ pub(crate) struct Bench {
 pub(crate) enum BenchWhat {
     /// Cold build, no-change rebuild, one-line backend change: compile vs assembly, sizes.
     Build,
+    /// No-change deploy over ssh on loopback: wall time, split by step, TCP connections to sshd.
+    Deploy,
+    /// Cold push, no-change push, one-line-change push to a local registry: time and bytes.
+    Push,
 }
 
 #[derive(Debug, Args)]
@@ -56,4 +96,154 @@ pub(crate) struct Ci {
     /// Skip building the images and checking them with skopeo, umoci and Docker.
     #[arg(long)]
     pub(crate) skip_images: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Push {
+    /// Images to push: `backend`, `frontend` (default: all). They are built first (a no-op
+    /// when nothing changed).
+    pub(crate) images: Vec<String>,
+    /// Registry host; loopback hosts are reached over plain HTTP, others over HTTPS.
+    #[arg(long, default_value = "ghcr.io")]
+    pub(crate) registry: String,
+    /// Repository prefix `OWNER/REPO` (default: GITHUB_REPOSITORY, else the `origin` remote),
+    /// lower-cased; images go to `REGISTRY/OWNER/REPO/<image>`.
+    #[arg(long)]
+    pub(crate) namespace: Option<String>,
+    /// Tag to set, repeatable (default: the short commit and `latest`).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub(crate) tags: Vec<String>,
+    /// A non-loopback registry host to reach over plain HTTP, repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    pub(crate) insecure_registries: Vec<String>,
+    /// Print one JSON object per image on stdout (name, reference, digest, tags, blob and
+    /// byte counts, retries), nothing else.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Where the server is and how to reach it; shared by every command that talks to it.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct Server {
+    /// Server address (default: `HETZNER_HOST`).
+    #[arg(long)]
+    pub(crate) host: Option<String>,
+    /// ssh user.
+    #[arg(long, default_value = "root")]
+    pub(crate) user: String,
+    /// ssh port.
+    #[arg(long, default_value_t = 22)]
+    pub(crate) port: u16,
+    /// Private key file (default: ssh-agent, or the key text in `HETZNER_SSH_KEY`).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) identity: Option<std::path::PathBuf>,
+    /// known_hosts file pinning the server's host key (default: the text in
+    /// `HETZNER_KNOWN_HOSTS`, else accept-new with a warning).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) known_hosts: Option<std::path::PathBuf>,
+    /// Base directory on the server.
+    #[arg(long, default_value = "/opt/timemanager", value_name = "DIR")]
+    pub(crate) remote_dir: String,
+    /// Compose project name (tests use their own, to share a Docker engine safely).
+    #[arg(long, default_value = crate::stack::COMPOSE_PROJECT, hide = true)]
+    pub(crate) compose_project: String,
+}
+
+/// How a release is judged healthy; shared by deploy and rollback.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct HealthGate {
+    /// URL that must answer 200 (default: `https://$DOMAIN/api/health`).
+    #[arg(long, value_name = "URL")]
+    pub(crate) health_url: Option<String>,
+    /// Seconds to wait for the containers and the health URL.
+    #[arg(long, default_value_t = 180, value_name = "SECONDS")]
+    pub(crate) health_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Deploy {
+    #[command(flatten)]
+    pub(crate) server: Server,
+    #[command(flatten)]
+    pub(crate) health: HealthGate,
+    /// Image tag to deploy: a 7-character commit (default: the checkout's commit).
+    #[arg(long)]
+    pub(crate) tag: Option<String>,
+    /// Do not build and push: the tag's images must already be in the registry.
+    #[arg(long)]
+    pub(crate) no_push: bool,
+    /// Compose profile to enable as well, e.g. `monitoring`.
+    #[arg(long = "profile", value_name = "PROFILE")]
+    pub(crate) profiles: Vec<String>,
+    /// Print every remote command and upload, secrets masked, and change nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Compose file to ship as `docker-compose.prod.yml` (tests ship their own).
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub(crate) compose_file: Option<std::path::PathBuf>,
+    /// Directory to ship as `infrastructure/` (tests ship their own).
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub(crate) infrastructure: Option<std::path::PathBuf>,
+    /// Registry that may be reached over plain HTTP (a loopback registry in tests).
+    #[arg(long, value_name = "HOST:PORT", hide = true)]
+    pub(crate) insecure_registry: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Rollback {
+    #[command(flatten)]
+    pub(crate) server: Server,
+    #[command(flatten)]
+    pub(crate) health: HealthGate,
+    /// Release to go back to (default: the newest healthy release before the current one).
+    #[arg(long, value_name = "TAG")]
+    pub(crate) to: Option<String>,
+    /// Print the remote commands and change nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Releases {
+    #[command(flatten)]
+    pub(crate) server: Server,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Status {
+    #[command(flatten)]
+    pub(crate) server: Server,
+    /// URL that should answer 200 (default: `https://$DOMAIN/api/health` when `DOMAIN` is set).
+    #[arg(long, value_name = "URL")]
+    pub(crate) health_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Logs {
+    #[command(flatten)]
+    pub(crate) server: Server,
+    /// Compose service, e.g. `backend`.
+    pub(crate) service: String,
+    /// Lines from the end of the log.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) tail: u32,
+    /// Keep printing new lines until interrupted.
+    #[arg(long, short = 'f')]
+    pub(crate) follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServerSetup {
+    #[command(flatten)]
+    pub(crate) server: Server,
+    /// Print the provisioning script and change nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct E2e {
+    /// Leave the temporary server directory (releases, `.env`, logs) for inspection.
+    #[arg(long)]
+    pub(crate) keep_server_dir: bool,
 }

@@ -4,3 +4,5 @@ pub(crate) mod daemon;
 pub(crate) mod docker;
 pub(crate) mod http;
 pub(crate) mod postgres;
+pub(crate) mod registry;
+pub(crate) mod sshd;

@@ -1,9 +1,11 @@
 //! Image building without a Docker daemon: compile, then layers, config and manifest,
 //! written as an OCI layout and a `docker load` archive under `target/images/`.
 
+pub(crate) mod base;
 mod compile;
-mod contents;
+pub(crate) mod contents;
 pub(crate) mod definitions;
+mod elf;
 pub(crate) mod layer;
 pub(crate) mod oci;
 mod sbom;
@@ -13,7 +15,7 @@ pub(crate) mod verify;
 use std::{
     collections::BTreeMap,
     fs,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -25,7 +27,7 @@ use crate::{
     image::{
         compile::CompileTimes,
         contents::Artifacts,
-        definitions::{Base, ImageDef},
+        definitions::{Base, Contents, ImageDef, Link},
         layer::LayerBlob,
         store::{ImageBlobs, Store},
     },
@@ -104,13 +106,36 @@ pub(crate) fn build(sh: &Shell, names: &[String]) -> anyhow::Result<BuildReport>
             .map(|name| definitions::find(name))
             .collect::<anyhow::Result<_>>()?
     };
+    build_defs(sh, &defs, &base::default_lock_path())
+}
+
+/// Builds these definitions, with registry bases pinned by the lock at `lock_path`.
+pub(crate) fn build_defs(
+    sh: &Shell,
+    defs: &[&'static ImageDef],
+    lock_path: &Path,
+) -> anyhow::Result<BuildReport> {
     let revision = project::revision(sh)?;
     let source_url = project::source_url(sh);
     let store = Store::new(images_dir())?;
-    let (artifacts, compile_times) = compile::compile(&defs, &revision, &store.cache_dir())?;
+    // Bases first: a missing pin or an unreachable registry fails before any compiling.
+    let mut bases = BTreeMap::new();
+    for def in defs {
+        if let Base::Registry(reference) = def.base
+            && !bases.contains_key(reference)
+        {
+            bases.insert(reference, base::load(sh, reference, lock_path, &store)?);
+        }
+    }
+    let (artifacts, compile_times) = compile::compile(defs, &revision, &store.cache_dir())?;
+    for def in defs {
+        check_linkage(sh, def, &artifacts, &bases, &store)
+            .with_context(|| format!("building image `{}`", def.name))?;
+    }
     let metadata = sbom::cargo_metadata(sh)?;
     let package_lock = read_package_lock()?;
     let ctx = AssemblyContext {
+        bases: &bases,
         store: &store,
         artifacts: &artifacts,
         revision: &revision,
@@ -151,7 +176,53 @@ fn read_package_lock() -> anyhow::Result<Option<Value>> {
     })?))
 }
 
+/// A dynamically linked binary must find its libraries and glibc versions in the base.
+fn check_linkage(
+    sh: &Shell,
+    def: &ImageDef,
+    artifacts: &Artifacts,
+    bases: &BTreeMap<&str, base::BaseImage>,
+    store: &Store,
+) -> anyhow::Result<()> {
+    for layer_def in def.layers {
+        let Contents::CargoBinary {
+            package,
+            link: Link::Dynamic,
+            ..
+        } = layer_def.contents
+        else {
+            continue;
+        };
+        let Base::Registry(reference) = def.base else {
+            anyhow::bail!(
+                "`{package}` is linked dynamically but the image has no base to provide libc: use `Link::Static` or a registry base"
+            );
+        };
+        let base = bases.get(reference).context("base not loaded")?;
+        let binary = artifacts
+            .binaries
+            .get(&(package, Link::Dynamic))
+            .context("binary not compiled")?;
+        let scratch = store.cache_dir().join(format!("base-{}", def.name));
+        let (files, libc) = base::inspect(base, store, &scratch)?;
+        let glibc = match libc {
+            Some(libc) => elf::glibc_provided(sh, &libc)?,
+            None => Default::default(),
+        };
+        let needs = elf::needs(sh, binary)?;
+        elf::check_against_base(
+            package,
+            &needs,
+            &format!("{reference}@{}", base.digest),
+            &files,
+            &glibc,
+        )?;
+    }
+    Ok(())
+}
+
 struct AssemblyContext<'a> {
+    bases: &'a BTreeMap<&'a str, base::BaseImage>,
     store: &'a Store,
     artifacts: &'a Artifacts,
     revision: &'a Revision,
@@ -167,9 +238,12 @@ impl AssemblyContext<'_> {
     }
 
     fn assemble_inner(&self, def: &'static ImageDef) -> anyhow::Result<BuiltImage> {
-        match def.base {
-            Base::Scratch => (),
-        }
+        let base = match def.base {
+            Base::Scratch => None,
+            Base::Registry(reference) => {
+                Some(self.bases.get(reference).context("base not loaded")?)
+            }
+        };
         let mut times = AssemblyTimes::default();
         let epoch = self.revision.epoch;
         let start = Instant::now();
@@ -189,7 +263,7 @@ impl AssemblyContext<'_> {
         let start = Instant::now();
         let created = project::rfc3339(epoch);
         let labels = labels(def, self.revision, self.source_url, &created);
-        let config = oci::to_blob(&oci::config(&oci::ConfigInput {
+        let own_config = serde_json::to_value(oci::config(&oci::ConfigInput {
             def,
             labels: &labels,
             created: &created,
@@ -202,6 +276,13 @@ impl AssemblyContext<'_> {
                 })
                 .collect(),
         })?)?;
+        let config = match base {
+            None => oci::Blob::from_json(&own_config),
+            Some(base) => {
+                layers.splice(0..0, base.layers.iter().cloned());
+                oci::Blob::from_json(&oci::on_base(own_config, &base.config))
+            }
+        };
         let manifest = oci::to_blob(&oci::manifest(&config, &layers, &labels)?)?;
         self.store.put(&config)?;
         self.store.put(&manifest)?;

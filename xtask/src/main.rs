@@ -2,14 +2,19 @@
 //!
 //! Command handlers stay thin: each parses its flags and calls one stage module.
 
+mod base_cmd;
 mod bench;
 mod build;
 mod ci;
+mod deploy;
+mod e2e;
 mod flags;
 mod harness;
 mod image;
 mod project;
 mod provision;
+mod push;
+mod registry;
 mod stack;
 mod steps;
 #[cfg(test)]
@@ -40,5 +45,14 @@ fn run(xtask: Xtask) -> anyhow::Result<()> {
         Command::Ci(cmd) => cmd.run(sh),
         Command::Build(cmd) => cmd.run(sh),
         Command::Bench(cmd) => cmd.run(sh),
+        Command::Base(cmd) => cmd.run(sh),
+        Command::Push(cmd) => cmd.run(sh),
+        Command::Deploy(cmd) => cmd.run(sh),
+        Command::Rollback(cmd) => cmd.run(sh),
+        Command::Releases(cmd) => cmd.run(sh),
+        Command::Status(cmd) => cmd.run(sh),
+        Command::Logs(cmd) => cmd.run(sh),
+        Command::ServerSetup(cmd) => cmd.run(sh),
+        Command::E2e(cmd) => cmd.run(sh),
     }
 }

@@ -41,6 +41,12 @@ pub(crate) const ENV_VARS: &[EnvVar] = &[
         default: None,
         secret: false,
     },
+    // The registry host of our images: GHCR in production, a loopback registry in tests.
+    EnvVar {
+        name: "REGISTRY",
+        default: Some("ghcr.io"),
+        secret: false,
+    },
     EnvVar {
         name: "GITHUB_REPOSITORY",
         default: None,

@@ -114,7 +114,7 @@ pub(crate) fn check_containers(
     Ok(())
 }
 
-fn load(sh: &Shell, image: &BuiltImage, tag: &str) -> anyhow::Result<()> {
+pub(crate) fn load(sh: &Shell, image: &BuiltImage, tag: &str) -> anyhow::Result<()> {
     let archive = &image.archive;
     cmd!(sh, "docker load --quiet --input {archive}")
         .quiet()
@@ -202,7 +202,7 @@ impl Drop for Container {
     }
 }
 
-fn run_backend(sh: &Shell, reference: &str, commit: &str) -> anyhow::Result<()> {
+pub(crate) fn run_backend(sh: &Shell, reference: &str, commit: &str) -> anyhow::Result<()> {
     let pg = Postgres::start(sh)?;
     let port = postgres::free_port()?;
     let container = Container::run(
@@ -231,7 +231,7 @@ fn run_backend(sh: &Shell, reference: &str, commit: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn run_frontend(sh: &Shell, reference: &str, epoch: u64) -> anyhow::Result<()> {
+pub(crate) fn run_frontend(sh: &Shell, reference: &str, epoch: u64) -> anyhow::Result<()> {
     let port = postgres::free_port()?;
     let container = Container::run(
         sh,

@@ -1,6 +1,7 @@
 //! The compile stage: release binaries through cargo, the web app through npm, concurrently.
 
 use std::{
+    collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -14,7 +15,7 @@ use crate::{
     ci::cargo,
     image::{
         contents::Artifacts,
-        definitions::{Contents, ImageDef},
+        definitions::{Contents, ImageDef, Link},
         layer,
     },
     project::{self, Revision},
@@ -34,12 +35,12 @@ pub(crate) fn compile(
     revision: &Revision,
     cache_dir: &Path,
 ) -> anyhow::Result<(Artifacts, CompileTimes)> {
-    let mut packages: Vec<&'static str> = Vec::new();
+    let mut packages: Vec<(&'static str, Link)> = Vec::new();
     let mut needs_vite = false;
     for def in defs {
         for layer in def.layers {
             match layer.contents {
-                Contents::CargoBinary { package, .. } => packages.push(package),
+                Contents::CargoBinary { package, link, .. } => packages.push((package, link)),
                 Contents::ViteDist { .. } => needs_vite = true,
                 Contents::Runtime => (),
             }
@@ -88,15 +89,44 @@ fn shell() -> anyhow::Result<Shell> {
     Ok(sh)
 }
 
+/// One cargo invocation per linkage; dynamic builds get their own target directory so
+/// switching between the two never invalidates the other's artifacts.
 fn build_binaries(
-    packages: &[&'static str],
+    packages: &[(&'static str, Link)],
     revision: &Revision,
-) -> anyhow::Result<std::collections::BTreeMap<&'static str, PathBuf>> {
+) -> anyhow::Result<BTreeMap<(&'static str, Link), PathBuf>> {
     let sh = &shell()?;
-    let mut acc = std::collections::BTreeMap::new();
-    if packages.is_empty() {
-        return Ok(acc);
+    let mut acc = BTreeMap::new();
+    for link in [Link::Static, Link::Dynamic] {
+        let names: Vec<&'static str> = packages
+            .iter()
+            .filter(|(_, l)| *l == link)
+            .map(|(p, _)| *p)
+            .collect();
+        if names.is_empty() {
+            continue;
+        }
+        let target_dir = match link {
+            Link::Static => project::target_dir(),
+            Link::Dynamic => project::target_dir().join("dynamic"),
+        };
+        cargo_build(sh, &names, link, &target_dir, revision)?;
+        for package in names {
+            let path = target_dir.join(TARGET).join("release").join(package);
+            anyhow::ensure!(path.is_file(), "cargo did not produce `{}`", path.display());
+            acc.insert((package, link), path);
+        }
     }
+    Ok(acc)
+}
+
+fn cargo_build(
+    sh: &Shell,
+    packages: &[&str],
+    link: Link,
+    target_dir: &Path,
+    revision: &Revision,
+) -> anyhow::Result<()> {
     let cargo = cargo(sh);
     let root = project::root();
     let cargo_home = sh
@@ -104,33 +134,45 @@ fn build_binaries(
         .unwrap_or_else(|_| format!("{}/.cargo", sh.var("HOME").unwrap_or_default()));
     // Remapping makes the binary independent of where the checkout and the registry live;
     // the encoded form keeps paths with spaces intact.
-    let rustflags = [
-        "-Ctarget-feature=+crt-static".to_owned(),
+    let mut rustflags = vec![
         format!("--remap-path-prefix={}=/build", root.display()),
         format!("--remap-path-prefix={cargo_home}=/cargo"),
-    ]
-    .join("\x1f");
+    ];
+    if link == Link::Static {
+        rustflags.insert(0, "-Ctarget-feature=+crt-static".to_owned());
+    }
     let package_args: Vec<String> = packages
         .iter()
         .flat_map(|p| ["-p".to_owned(), (*p).to_owned()])
         .collect();
-    cmd!(
+    let mut build = cmd!(
         sh,
         "{cargo} build --release --locked --target {TARGET} {package_args...}"
-    )
-    .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
-    .env("TIMEMANAGER_REVISION", &revision.commit)
-    .env("SOURCE_DATE_EPOCH", revision.epoch.to_string())
-    .run()?;
-    for package in packages {
-        let path = project::target_dir()
-            .join(TARGET)
-            .join("release")
-            .join(package);
-        anyhow::ensure!(path.is_file(), "cargo did not produce `{}`", path.display());
-        acc.insert(*package, path);
+    );
+    // `cargo run` sets these for the xtask itself; inherited, they make build scripts
+    // that watch them (ring's) rerun whenever the xtask is started another way.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy().into_owned();
+        let set_by_cargo_run = name.starts_with("CARGO_PKG_")
+            || matches!(
+                name.as_str(),
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+            );
+        if set_by_cargo_run {
+            build = build.env_remove(name);
+        }
     }
-    Ok(acc)
+    build
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags.join("\x1f"))
+        .env("CARGO_TARGET_DIR", target_dir)
+        .env("TIMEMANAGER_REVISION", &revision.commit)
+        .env("SOURCE_DATE_EPOCH", revision.epoch.to_string())
+        .run()?;
+    Ok(())
 }
 
 /// `npm ci` when `node_modules` is stale, `npm run build` when any input changed.

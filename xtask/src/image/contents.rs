@@ -11,24 +11,28 @@ use anyhow::{Context, format_err};
 use flate2::{Compression, GzBuilder};
 
 use crate::image::{
-    definitions::{Contents, NONROOT},
+    definitions::{Contents, Link, NONROOT},
     layer::{Entry, EntryKind, Source},
 };
 
 /// What the compile stage produced, by the name the definitions use.
 #[derive(Debug, Default)]
 pub(crate) struct Artifacts {
-    pub(crate) binaries: BTreeMap<&'static str, PathBuf>,
+    pub(crate) binaries: BTreeMap<(&'static str, Link), PathBuf>,
     pub(crate) vite_dist: Option<PathBuf>,
 }
 
 pub(crate) fn entries(contents: Contents, artifacts: &Artifacts) -> anyhow::Result<Vec<Entry>> {
     match contents {
         Contents::Runtime => Ok(runtime()),
-        Contents::CargoBinary { package, dest } => {
+        Contents::CargoBinary {
+            package,
+            dest,
+            link,
+        } => {
             let path = artifacts
                 .binaries
-                .get(package)
+                .get(&(package, link))
                 .ok_or_else(|| format_err!("binary of `{package}` was not compiled"))?;
             Ok(vec![Entry::file(dest, 0o555, Source::Path(path.clone()))])
         }
@@ -43,7 +47,7 @@ pub(crate) fn entries(contents: Contents, artifacts: &Artifacts) -> anyhow::Resu
 }
 
 /// The minimal file system a static binary needs to run as `nonroot`.
-fn runtime() -> Vec<Entry> {
+pub(crate) fn runtime() -> Vec<Entry> {
     let passwd = "root:x:0:0:root:/root:/sbin/nologin\n\
                   nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n";
     let group = "root:x:0:\nnonroot:x:65532:\n";

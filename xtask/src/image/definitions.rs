@@ -19,6 +19,18 @@ pub(crate) struct ImageDef {
 pub(crate) enum Base {
     /// Nothing: the image's own runtime layer provides all it needs (no network to build).
     Scratch,
+    /// A registry image (`gcr.io/distroless/cc-debian12:nonroot`), pinned by digest in
+    /// `images.lock.json` and pulled once into the local blob store.
+    Registry(&'static str),
+}
+
+/// How a Rust binary is linked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Link {
+    /// `+crt-static`: runs on scratch, needs nothing from the base.
+    Static,
+    /// Against the base's glibc: checked against the base's libraries before it ships.
+    Dynamic,
 }
 
 #[derive(Debug)]
@@ -37,6 +49,7 @@ pub(crate) enum Contents {
     CargoBinary {
         package: &'static str,
         dest: &'static str,
+        link: Link,
     },
     /// `npm run build` output of `frontend/`, with gzip twins of compressible files.
     ViteDist { dest: &'static str },
@@ -59,6 +72,7 @@ pub(crate) const IMAGES: &[ImageDef] = &[
                 contents: Contents::CargoBinary {
                     package: "timemanager-backend",
                     dest: "app/timemanager-backend",
+                    link: Link::Static,
                 },
             },
         ],
@@ -86,6 +100,7 @@ pub(crate) const IMAGES: &[ImageDef] = &[
                 contents: Contents::CargoBinary {
                     package: "timemanager-frontend-server",
                     dest: "app/timemanager-frontend-server",
+                    link: Link::Static,
                 },
             },
             // Last: assets change more often than the server.

@@ -139,6 +139,47 @@ pub(crate) fn config(input: &ConfigInput<'_>) -> anyhow::Result<ImageConfigurati
     Ok(config)
 }
 
+/// Our config on top of a base image's: the base's layers and history come first, its
+/// environment and labels stay unless ours set the same name, and the runtime settings
+/// (user, entrypoint, ports, working directory) are ours.
+pub(crate) fn on_base(mut ours: Value, base: &Value) -> Value {
+    let concat = |base: &Value, ours: &Value| -> Value {
+        let mut acc = base.as_array().cloned().unwrap_or_default();
+        acc.extend(ours.as_array().cloned().unwrap_or_default());
+        Value::Array(acc)
+    };
+    ours["rootfs"]["diff_ids"] = concat(&base["rootfs"]["diff_ids"], &ours["rootfs"]["diff_ids"]);
+    ours["history"] = concat(&base["history"], &ours["history"]);
+    let own_env: Vec<String> = ours["config"]["Env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    let own_names: Vec<&str> = own_env.iter().filter_map(|e| e.split('=').next()).collect();
+    let mut env: Vec<Value> = base["config"]["Env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            e.as_str()
+                .and_then(|e| e.split('=').next())
+                .is_some_and(|name| !own_names.contains(&name))
+        })
+        .cloned()
+        .collect();
+    env.extend(own_env.into_iter().map(Value::String));
+    ours["config"]["Env"] = Value::Array(env);
+    if let Some(base_labels) = base["config"]["Labels"].as_object() {
+        let mut labels = base_labels.clone();
+        if let Some(own) = ours["config"]["Labels"].as_object() {
+            labels.extend(own.clone());
+        }
+        ours["config"]["Labels"] = Value::Object(labels);
+    }
+    ours
+}
+
 pub(crate) fn descriptor(
     media_type: MediaType,
     digest: &str,
@@ -295,6 +336,39 @@ mod tests {
             r#""sha256:2222222222222222222222222222222222222222222222222222222222222222"],"type":"layers"}}"#,
         );
         assert_eq!(String::from_utf8(blob.bytes).unwrap(), expected);
+    }
+
+    #[test]
+    fn config_on_base_keeps_base_layers_env_and_labels_first() {
+        let base = serde_json::json!({
+            "config": {"Env": ["PATH=/usr/bin", "LANG=C.UTF-8"], "Labels": {"base": "yes", "org.opencontainers.image.title": "base"}, "Cmd": ["/bin/sh"]},
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:b1"]},
+            "history": [{"created_by": "base layer"}],
+        });
+        let ours = serde_json::json!({
+            "config": {"Env": ["PATH=/app"], "Labels": {"org.opencontainers.image.title": "ours"}, "User": "65532:65532"},
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:o1"]},
+            "history": [{"created_by": "our layer"}],
+        });
+        let merged = on_base(ours, &base);
+        assert_eq!(
+            merged["rootfs"]["diff_ids"],
+            serde_json::json!(["sha256:b1", "sha256:o1"])
+        );
+        assert_eq!(merged["history"][0]["created_by"], "base layer");
+        assert_eq!(
+            merged["config"]["Env"],
+            serde_json::json!(["LANG=C.UTF-8", "PATH=/app"])
+        );
+        assert_eq!(merged["config"]["Labels"]["base"], "yes");
+        assert_eq!(
+            merged["config"]["Labels"]["org.opencontainers.image.title"],
+            "ours"
+        );
+        assert!(
+            merged["config"].get("Cmd").is_none(),
+            "the base's command must not leak in"
+        );
     }
 
     #[test]

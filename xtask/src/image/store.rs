@@ -88,6 +88,30 @@ impl Store {
         self.commit(&temp, &blob.digest)
     }
 
+    /// Stores a blob written by `write`, checking that what arrived has the expected digest.
+    pub(crate) fn put_file(
+        &self,
+        digest: &str,
+        write: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let temp = self.temp_path();
+        let file =
+            fs::File::create(&temp).with_context(|| format!("creating `{}`", temp.display()))?;
+        let mut out = layer::HashingWriter::new(BufWriter::new(file));
+        let res = write(&mut out);
+        let (mut inner, got, _) = out.finish();
+        inner.flush()?;
+        if let Err(err) = res {
+            let _ = fs::remove_file(&temp);
+            return Err(err);
+        }
+        if got != digest {
+            let _ = fs::remove_file(&temp);
+            bail!("blob {digest} arrived with digest {got}");
+        }
+        self.commit(&temp, digest)
+    }
+
     fn temp_path(&self) -> PathBuf {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         self.root

@@ -1,0 +1,408 @@
+//! Tests of the remote scripts: bash syntax, shellcheck, secrets only inside here-documents,
+//! and the release bookkeeping run for real against a temporary directory (no ssh, no Docker).
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use xshell::{Shell, cmd};
+
+use super::*;
+use crate::deploy::{
+    secrets::Secret,
+    settings::{Credentials, EnvLine, EnvValue},
+};
+
+fn remote(base: &str) -> Remote {
+    Remote {
+        base: base.to_owned(),
+        project: "timemanager".to_owned(),
+        run_id: "0123456789abcdef".to_owned(),
+    }
+}
+
+fn env_lines() -> Vec<EnvLine> {
+    vec![
+        EnvLine {
+            name: "DOMAIN",
+            value: EnvValue::Plain("tm.example.com".to_owned()),
+        },
+        EnvLine {
+            name: "POSTGRES_PASSWORD",
+            value: EnvValue::Secret(Secret::new("pg secret #1 $HOME `x`")),
+        },
+    ]
+}
+
+fn credentials() -> Credentials {
+    Credentials {
+        username: "octocat".to_owned(),
+        password: Secret::new("ghp_registrytoken123"),
+    }
+}
+
+fn images() -> Vec<ImageLine> {
+    ["backend", "frontend"]
+        .iter()
+        .map(|service| ImageLine {
+            service: (*service).to_owned(),
+            reference: format!("ghcr.io/o/r/{service}:abc1234"),
+            repository: format!("ghcr.io/o/r/{service}"),
+            digest: None,
+        })
+        .collect()
+}
+
+/// Every script the deploy and the other commands can send.
+fn all_scripts() -> Vec<(&'static str, Script)> {
+    let r = remote("/opt/timemanager");
+    let profiles = vec!["monitoring".to_owned()];
+    let services = vec!["backend".to_owned(), "frontend".to_owned()];
+    vec![
+        ("probe", r.probe()),
+        ("lock", r.lock("octocat (deploy of abc1234, it's me)")),
+        ("upload", r.upload("abc1234", b"not really a tar", 2)),
+        ("env", r.write_env("abc1234", &env_lines(), &profiles)),
+        (
+            "pull",
+            r.pull("abc1234", "ghcr.io", Some(&credentials()), &images()),
+        ),
+        (
+            "pull anonymous",
+            r.pull("abc1234", "ghcr.io", None, &images()),
+        ),
+        ("switch", r.switch("abc1234")),
+        ("switch back", r.switch_back("abc1234")),
+        ("start", r.start(&profiles)),
+        ("container states", r.container_states()),
+        ("failing logs", r.failing_logs(&services, 40)),
+        ("record", r.record("abc1234", r#"{"it's":"json"}"#, "ok")),
+        ("cleanup", r.cleanup()),
+        ("list releases", r.list_releases()),
+        ("status", r.status()),
+        ("logs", r.logs("backend", 100, true)),
+        (
+            "ensure images",
+            r.ensure_images("abc1234", Some(("ghcr.io", &credentials()))),
+        ),
+        ("ensure images anonymous", r.ensure_images("abc1234", None)),
+        (
+            "server setup",
+            server_setup("/opt/timemanager", 22, "deploy"),
+        ),
+    ]
+}
+
+#[test]
+fn every_script_is_valid_bash() {
+    let sh = Shell::new().unwrap();
+    for (name, script) in all_scripts() {
+        let text = script.render();
+        let checked = cmd!(sh, "bash -n")
+            .stdin(&text)
+            .quiet()
+            .ignore_stderr()
+            .run();
+        assert!(
+            checked.is_ok(),
+            "`{name}` is not valid bash:\n{}",
+            script.masked()
+        );
+    }
+}
+
+/// shellcheck, when installed (`cargo xtask ci` installs it for actionlint).
+#[test]
+fn every_script_passes_shellcheck() {
+    let sh = Shell::new().unwrap();
+    if crate::provision::find_program("shellcheck").is_none() {
+        eprintln!("shellcheck is not installed: skipped");
+        return;
+    }
+    for (name, script) in all_scripts() {
+        let out = cmd!(sh, "shellcheck --shell=bash --severity=warning -")
+            .stdin(script.render())
+            .quiet()
+            .ignore_status()
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "shellcheck on `{name}`:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+#[test]
+fn secrets_are_only_inside_quoted_here_documents_and_masked_for_display() {
+    for (name, script) in all_scripts() {
+        let rendered = script.render();
+        let masked = script.masked();
+        for secret in ["pg secret #1 $HOME `x`", "ghp_registrytoken123"] {
+            assert!(!masked.contains(secret), "`{name}` shows a secret");
+            let mut in_heredoc: Option<String> = None;
+            for line in rendered.lines() {
+                match &in_heredoc {
+                    Some(delimiter) if line == delimiter => in_heredoc = None,
+                    Some(_) => {}
+                    None => {
+                        assert!(
+                            !line.contains(secret),
+                            "`{name}` has a secret outside a here-document: {line}"
+                        );
+                        if let Some(at) = line.find("<<'") {
+                            let rest = &line[at + 3..];
+                            in_heredoc = Some(rest[..rest.find('\'').unwrap()].to_owned());
+                        }
+                    }
+                }
+            }
+            assert!(in_heredoc.is_none(), "`{name}`: unterminated here-document");
+        }
+        // A cut connection must not run half a script: `main` is the last line.
+        let last = rendered.lines().last().unwrap();
+        assert!(
+            last == "main </dev/null"
+                || (name == "lock" && last == "main")
+                || name == "server setup",
+            "`{name}` ends with `{last}`"
+        );
+    }
+    let env = remote("/b").write_env("abc1234", &env_lines(), &[]);
+    assert!(
+        env.masked()
+            .contains("POSTGRES_PASSWORD='<secret POSTGRES_PASSWORD>'")
+    );
+    assert!(
+        env.render()
+            .contains("POSTGRES_PASSWORD='pg secret #1 $HOME `x`'")
+    );
+}
+
+#[test]
+fn values_are_quoted() {
+    let r = remote("/opt/time manager");
+    assert!(r.prelude().contains("base='/opt/time manager'\n"));
+    let lock = r.lock("it's $(whoami)").render();
+    assert!(lock.contains(r#"'it'\''s $(whoami)'"#), "{lock}");
+}
+
+/// Runs a script with bash, as the server would; returns (success, stdout, stderr).
+fn run(script: &Script) -> (bool, String, String) {
+    let sh = Shell::new().unwrap();
+    let out = cmd!(sh, "bash -s")
+        .stdin(script.render())
+        .quiet()
+        .ignore_status()
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, text) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(text.len() as u64);
+        header.set_mode(0o644);
+        builder
+            .append_data(&mut header, name, text.as_bytes())
+            .unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+/// The lock script, held by a running `bash` until its stdin closes.
+struct Held {
+    child: std::process::Child,
+}
+
+fn hold_lock(script: &Script) -> Result<Held, String> {
+    let sh = Shell::new().unwrap();
+    let mut child = Command::from(cmd!(sh, "bash -s"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(script.render().as_bytes())
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    if line.trim_end() == "locked" {
+        Ok(Held { child })
+    } else {
+        drop(child.stdin.take());
+        child.wait().unwrap();
+        Err(line)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+fn temp_base(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("xtask-scripts-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("timemanager")
+}
+
+fn link(path: &Path) -> String {
+    std::fs::read_link(path).unwrap().display().to_string()
+}
+
+#[test]
+fn releases_lock_upload_env_switch_and_back_on_a_real_directory() {
+    let base = temp_base("releases");
+    let r = remote(&base.display().to_string());
+    let files_a = tar_of(&[
+        ("docker-compose.prod.yml", "services: {}\n"),
+        ("infrastructure/traefik/dynamic.yml", "a\n"),
+    ]);
+    let files_b = tar_of(&[
+        ("docker-compose.prod.yml", "services: {}\n"),
+        ("infrastructure/traefik/dynamic.yml", "b\n"),
+    ]);
+
+    // Without the lock, mutating steps refuse to run.
+    let (ok, _, err) = run(&r.upload("aaaaaaa", &files_a, 2));
+    assert!(
+        !ok && err.contains("no longer holds the deploy lock"),
+        "{err}"
+    );
+
+    let held = hold_lock(&r.lock("tester (deploy of aaaaaaa)")).unwrap();
+    let other = Remote {
+        run_id: "fedcba9876543210".to_owned(),
+        ..r.clone()
+    };
+    let refused = hold_lock(&other.lock("someone else")).err().unwrap();
+    assert_eq!(refused.trim_end(), "held\ttester (deploy of aaaaaaa)");
+    // Another run's steps cannot use this run's lock.
+    let (ok, _, _) = run(&other.upload("aaaaaaa", &files_a, 2));
+    assert!(!ok);
+
+    for (tag, files) in [("aaaaaaa", &files_a), ("bbbbbbb", &files_b)] {
+        let (ok, _, err) = run(&r.upload(tag, files, 2));
+        assert!(ok, "{err}");
+        let (ok, _, err) = run(&r.write_env(tag, &env_lines(), &[]));
+        assert!(ok, "{err}");
+        std::fs::write(
+            base.join(format!("releases/{tag}/images")),
+            "backend\tref\tsha256:1\n",
+        )
+        .unwrap();
+    }
+    let env = base.join("releases/aaaaaaa/.env");
+    assert_eq!(
+        std::fs::metadata(&env).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::read_to_string(&env).unwrap(),
+        "DOMAIN='tm.example.com'\nPOSTGRES_PASSWORD='pg secret #1 $HOME `x`'\n"
+    );
+
+    // The same tag with the same files is reused; with other files it is refused.
+    let (ok, _, err) = run(&r.upload("aaaaaaa", &files_a, 2));
+    assert!(ok && err.contains("reusing it"), "{err}");
+    let (ok, _, err) = run(&r.upload("aaaaaaa", &files_b, 2));
+    assert!(!ok && err.contains("other files"), "{err}");
+
+    let (ok, out, err) = run(&r.switch("aaaaaaa"));
+    assert!(ok, "{err}");
+    assert_eq!(out, "previous=\n");
+    let (ok, out, _) = run(&r.switch("bbbbbbb"));
+    assert!(ok);
+    assert_eq!(out, "previous=aaaaaaa\n");
+    assert_eq!(link(&base.join("current")), "releases/bbbbbbb");
+    for name in ["docker-compose.prod.yml", ".env", "infrastructure"] {
+        assert_eq!(link(&base.join(name)), format!("current/{name}"));
+    }
+    assert_eq!(
+        std::fs::read_to_string(base.join("infrastructure/traefik/dynamic.yml")).unwrap(),
+        "b\n"
+    );
+
+    let (ok, out, err) = run(&r.switch_back("bbbbbbb"));
+    assert!(ok, "{err}");
+    assert_eq!(out, "current=aaaaaaa\n");
+    assert_eq!(link(&base.join("current")), "releases/aaaaaaa");
+    let (ok, _, err) = run(&r.switch_back("aaaaaaa"));
+    assert!(!ok && err.contains("no previous release"), "{err}");
+
+    let (ok, _, err) = run(&r.record("bbbbbbb", r#"{"result":"it's failed"}"#, "failed"));
+    assert!(ok, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(base.join("releases.jsonl")).unwrap(),
+        "{\"result\":\"it's failed\"}\n"
+    );
+
+    let (ok, out, _) = run(&r.list_releases());
+    assert!(ok);
+    let releases = crate::deploy::parse_releases(&out);
+    assert_eq!(releases.current, "aaaaaaa");
+    assert_eq!(releases.domain, "tm.example.com");
+    assert_eq!(releases.lock.as_deref(), Some("tester (deploy of aaaaaaa)"));
+    let b = releases
+        .releases
+        .iter()
+        .find(|r| r.tag == "bbbbbbb")
+        .unwrap();
+    assert_eq!(
+        (b.result.as_str(), b.previous.as_str()),
+        ("failed", "aaaaaaa")
+    );
+
+    drop(held);
+    assert!(
+        !base.join(".deploy.lock.holder").exists(),
+        "the holder file outlived the lock"
+    );
+    let (ok, out, _) = run(&r.list_releases());
+    assert!(ok && !out.contains("lock\t"), "{out}");
+    let again = hold_lock(&other.lock("someone else"));
+    assert!(again.is_ok(), "the lock was not released");
+    drop(again);
+    std::fs::remove_dir_all(base.parent().unwrap()).unwrap();
+}
+
+#[test]
+fn a_killed_lock_holder_leaves_no_lock() {
+    let base = temp_base("killed");
+    let r = remote(&base.display().to_string());
+    let mut held = hold_lock(&r.lock("doomed")).unwrap();
+    held.child.kill().unwrap();
+    held.child.wait().unwrap();
+    let next = Remote {
+        run_id: "1111111111111111".to_owned(),
+        ..r.clone()
+    };
+    let again = hold_lock(&next.lock("next"));
+    assert!(
+        again.is_ok(),
+        "a killed holder kept the lock: {:?}",
+        again.err()
+    );
+    drop(again);
+    std::fs::remove_dir_all(base.parent().unwrap()).unwrap();
+}

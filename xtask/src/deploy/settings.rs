@@ -1,0 +1,483 @@
+//! What a deploy needs from flags and the environment, read and checked all at once,
+//! before anything connects or changes: a missing setting is reported with all the others.
+
+use std::path::PathBuf;
+
+use crate::{
+    deploy::secrets::{Redactor, Secret},
+    flags,
+    stack::ENV_VARS,
+};
+
+/// Reads one environment variable; empty counts as unset (CI renders a missing secret as "").
+pub(crate) type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+pub(crate) fn from_process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|value| !value.is_empty())
+}
+
+/// Everything wrong with the settings, reported together.
+#[derive(Debug, Default)]
+pub(crate) struct Problems {
+    pub(crate) missing: Vec<String>,
+    pub(crate) invalid: Vec<String>,
+}
+
+impl Problems {
+    pub(crate) fn into_result(self) -> anyhow::Result<()> {
+        if self.missing.is_empty() && self.invalid.is_empty() {
+            return Ok(());
+        }
+        let mut message = String::from("the deploy cannot start:");
+        if !self.missing.is_empty() {
+            message.push_str("\n  missing settings (set them in the environment, or as GitHub secrets and variables of the `production` environment):");
+            for name in &self.missing {
+                message.push_str(&format!("\n    {name}"));
+            }
+        }
+        for problem in &self.invalid {
+            message.push_str(&format!("\n  {problem}"));
+        }
+        Err(anyhow::format_err!(message))
+    }
+}
+
+/// How to reach the server over ssh.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub(crate) host: String,
+    pub(crate) user: String,
+    pub(crate) port: u16,
+    pub(crate) identity: Identity,
+    pub(crate) host_keys: HostKeys,
+    /// Base directory on the server (`/opt/timemanager`).
+    pub(crate) base: String,
+    /// Compose project name (`timemanager`).
+    pub(crate) project: String,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Identity {
+    /// Whatever ssh finds by itself: ssh-agent, `~/.ssh/config`, default key files.
+    Agent,
+    File(PathBuf),
+    /// Key text from `HETZNER_SSH_KEY`, written to a 0600 file only while ssh authenticates.
+    Text(Secret),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum HostKeys {
+    File(PathBuf),
+    /// known_hosts lines from `HETZNER_KNOWN_HOSTS`.
+    Text(String),
+    /// Trust on first use, with a warning: the key is recorded in `~/.ssh/known_hosts`.
+    AcceptNew,
+}
+
+impl Target {
+    pub(crate) fn destination(&self) -> String {
+        format!("{}@{}", self.user, self.host)
+    }
+
+    /// `root@host:22`, for messages.
+    pub(crate) fn display(&self) -> String {
+        format!("{}@{}:{}", self.user, self.host, self.port)
+    }
+}
+
+/// Reads the ssh target; problems are added to `problems`.
+pub(crate) fn target(
+    server: &flags::Server,
+    env: Lookup<'_>,
+    problems: &mut Problems,
+    redactor: &mut Redactor,
+) -> Target {
+    let host = server.host.clone().or_else(|| env("HETZNER_HOST"));
+    if host.is_none() {
+        problems
+            .missing
+            .push("HETZNER_HOST (or --host): the server's address".to_owned());
+    }
+    let identity = match (&server.identity, env("HETZNER_SSH_KEY")) {
+        (Some(file), _) => Identity::File(file.clone()),
+        (None, Some(text)) => {
+            let key = Secret::new(text);
+            redactor.add(&key);
+            Identity::Text(key)
+        }
+        (None, None) => Identity::Agent,
+    };
+    let host_keys = match (&server.known_hosts, env("HETZNER_KNOWN_HOSTS")) {
+        (Some(file), _) => HostKeys::File(file.clone()),
+        (None, Some(text)) => HostKeys::Text(text),
+        (None, None) => HostKeys::AcceptNew,
+    };
+    if !is_safe_path(&server.remote_dir) || !server.remote_dir.starts_with('/') {
+        problems.invalid.push(format!(
+            "--remote-dir must be an absolute path of letters, digits, `/`, `.`, `_` and `-`, got `{}`",
+            server.remote_dir
+        ));
+    }
+    if !is_name(&server.compose_project) {
+        problems.invalid.push(format!(
+            "the compose project name must be lower-case letters, digits, `_` and `-`, got `{}`",
+            server.compose_project
+        ));
+    }
+    Target {
+        host: host.unwrap_or_default(),
+        user: server.user.clone(),
+        port: server.port,
+        identity,
+        host_keys,
+        base: server.remote_dir.trim_end_matches('/').to_owned(),
+        project: server.compose_project.clone(),
+    }
+}
+
+/// One line of the release's `.env`.
+#[derive(Debug, Clone)]
+pub(crate) struct EnvLine {
+    pub(crate) name: &'static str,
+    pub(crate) value: EnvValue,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum EnvValue {
+    Plain(String),
+    Secret(Secret),
+}
+
+/// Registry login for the server's pull.
+#[derive(Debug, Clone)]
+pub(crate) struct Credentials {
+    pub(crate) username: String,
+    pub(crate) password: Secret,
+}
+
+/// What a new release is made of, besides its files.
+#[derive(Debug, Clone)]
+pub(crate) struct ReleaseSettings {
+    pub(crate) tag: String,
+    /// `ghcr.io`, or a test registry's `127.0.0.1:PORT`.
+    pub(crate) registry: String,
+    /// `owner/repo`, lower-cased: image paths must be.
+    pub(crate) repository: String,
+    pub(crate) env: Vec<EnvLine>,
+    pub(crate) credentials: Option<Credentials>,
+    pub(crate) profiles: Vec<String>,
+    /// `https://$DOMAIN/api/health`, or `--health-url`.
+    pub(crate) health_url: String,
+}
+
+/// The services whose images this repository builds, named like the compose services.
+pub(crate) const OWN_SERVICES: &[&str] = &["backend", "frontend"];
+
+impl ReleaseSettings {
+    /// `REGISTRY/owner/repo/SERVICE:TAG`, as the compose file spells it.
+    pub(crate) fn image_ref(&self, service: &str) -> String {
+        format!("{}:{}", self.repository_of(service), self.tag)
+    }
+
+    /// `REGISTRY/owner/repo/SERVICE`, the name in `RepoDigests`.
+    pub(crate) fn repository_of(&self, service: &str) -> String {
+        format!("{}/{}/{service}", self.registry, self.repository)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn env_value(&self, name: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|line| line.name == name)
+            .and_then(|line| match &line.value {
+                EnvValue::Plain(value) => Some(value.as_str()),
+                EnvValue::Secret(_) => None,
+            })
+    }
+}
+
+/// Reads the release's settings: every variable of `stack::ENV_VARS`, the registry
+/// credentials and the health URL.
+pub(crate) fn release(
+    tag: &str,
+    profiles: &[String],
+    health_url: Option<&str>,
+    env: Lookup<'_>,
+    problems: &mut Problems,
+    redactor: &mut Redactor,
+) -> ReleaseSettings {
+    if !is_commit_tag(tag) {
+        problems.invalid.push(format!(
+            "the tag must be a 7-character commit hash (the immutable image tag), got `{tag}`{}",
+            if tag.ends_with("-dirty") {
+                ": commit your changes first, or deploy an existing tag with `--no-push --tag TAG`"
+            } else {
+                ""
+            }
+        ));
+    }
+    let mut lines = Vec::new();
+    for var in ENV_VARS {
+        let found = match var.name {
+            "IMAGE_TAG" => Some(tag.to_owned()),
+            "GITHUB_REPOSITORY" => env(var.name)
+                .or_else(|| {
+                    crate::project::REPOSITORY_URL
+                        .strip_prefix("https://github.com/")
+                        .map(str::to_owned)
+                })
+                .map(|repo| repo.to_ascii_lowercase()),
+            name => env(name).or_else(|| var.default.map(str::to_owned)),
+        };
+        let Some(value) = found else {
+            problems.missing.push(var.name.to_owned());
+            continue;
+        };
+        if let Some(reason) = dotenv_problem(&value) {
+            // Never the value itself: it may be a secret.
+            problems.invalid.push(format!("{} {reason}", var.name));
+            continue;
+        }
+        let value = if var.secret {
+            let secret = Secret::new(value);
+            redactor.add(&secret);
+            EnvValue::Secret(secret)
+        } else {
+            EnvValue::Plain(value)
+        };
+        lines.push(EnvLine {
+            name: var.name,
+            value,
+        });
+    }
+    let plain = |name: &str| {
+        lines
+            .iter()
+            .find(|line| line.name == name)
+            .and_then(|line| match &line.value {
+                EnvValue::Plain(value) => Some(value.clone()),
+                EnvValue::Secret(_) => None,
+            })
+    };
+    let registry = plain("REGISTRY").unwrap_or_else(|| "ghcr.io".to_owned());
+    if !is_registry_host(&registry) {
+        problems.invalid.push(format!(
+            "REGISTRY must be a registry host such as `ghcr.io` or `127.0.0.1:5000`, got `{registry}`"
+        ));
+    }
+    let repository = plain("GITHUB_REPOSITORY").unwrap_or_default();
+    let credentials = credentials(env, problems, redactor);
+    for profile in profiles {
+        if !is_name(profile) {
+            problems.invalid.push(format!(
+                "--profile takes a compose profile name such as `monitoring`, got `{profile}`"
+            ));
+        }
+    }
+    let health_url = match (health_url, plain("DOMAIN")) {
+        (Some(url), _) => url.to_owned(),
+        (None, Some(domain)) => format!("https://{domain}/api/health"),
+        (None, None) => String::new(),
+    };
+    ReleaseSettings {
+        tag: tag.to_owned(),
+        registry,
+        repository,
+        env: lines,
+        credentials,
+        profiles: profiles.to_vec(),
+        health_url,
+    }
+}
+
+/// `REGISTRY_USERNAME`/`REGISTRY_PASSWORD`, else GHCR's `GITHUB_ACTOR`/`GHCR_TOKEN`.
+pub(crate) fn credentials(
+    env: Lookup<'_>,
+    problems: &mut Problems,
+    redactor: &mut Redactor,
+) -> Option<Credentials> {
+    let username = env("REGISTRY_USERNAME").or_else(|| env("GITHUB_ACTOR"));
+    let password = env("REGISTRY_PASSWORD").or_else(|| env("GHCR_TOKEN"));
+    if username.is_none() {
+        problems
+            .missing
+            .push("GITHUB_ACTOR (or REGISTRY_USERNAME): the registry user".to_owned());
+    }
+    if password.is_none() {
+        problems
+            .missing
+            .push("GHCR_TOKEN (or REGISTRY_PASSWORD): the registry token".to_owned());
+    }
+    let password = Secret::new(password?);
+    redactor.add(&password);
+    Some(Credentials {
+        username: username?,
+        password,
+    })
+}
+
+/// Why a value cannot be written to `.env` the same way for docker-compose v1 and v2, if so.
+///
+/// Values are single-quoted, which both read literally (no `$` interpolation, `#` kept);
+/// a quote, a backslash or a newline inside would be read differently by the two.
+fn dotenv_problem(value: &str) -> Option<&'static str> {
+    if value.contains(['\'', '\\', '\n', '\r', '\0']) {
+        Some(
+            "contains a single quote, backslash or newline, which docker-compose v1 and v2 read differently in `.env`: choose a value without them",
+        )
+    } else {
+        None
+    }
+}
+
+/// A short commit hash: what `build` tags images with on a clean checkout.
+pub(crate) fn is_commit_tag(tag: &str) -> bool {
+    tag.len() == 7
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+/// A release tag already on the server (rollback accepts any tag it finds there).
+pub(crate) fn is_tag(tag: &str) -> bool {
+    !tag.is_empty()
+        && tag.len() <= 128
+        && !tag.starts_with(['.', '-'])
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// `ghcr.io`, `127.0.0.1:5000`: what goes before the first `/` of an image reference.
+fn is_registry_host(host: &str) -> bool {
+    !host.is_empty()
+        && !host.starts_with(['-', '.'])
+        && host.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b':')
+        })
+}
+
+/// Compose service and profile names, project names.
+pub(crate) fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
+}
+
+/// Paths interpolated into remote scripts are quoted anyway; this keeps them boring.
+fn is_safe_path(path: &str) -> bool {
+    !path.is_empty()
+        && !path.split('/').any(|part| part == "..")
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |name: &str| map.get(name).cloned().filter(|v| !v.is_empty())
+    }
+
+    pub(crate) const FULL: &[(&str, &str)] = &[
+        ("DOMAIN", "tm.example.com"),
+        ("ACME_EMAIL", "ops@example.com"),
+        ("GITHUB_REPOSITORY", "Yassine-El-Gherrabi/Time-Manager"),
+        ("POSTGRES_PASSWORD", "pg-secret-value"),
+        ("GRAFANA_PASSWORD", "grafana-secret-value"),
+        ("GITHUB_ACTOR", "octocat"),
+        ("GHCR_TOKEN", "ghcr-token-value"),
+    ];
+
+    #[test]
+    fn every_missing_setting_is_listed_at_once() {
+        let env = lookup(&[("DOMAIN", "tm.example.com"), ("POSTGRES_PASSWORD", "")]);
+        let mut problems = Problems::default();
+        let mut redactor = Redactor::default();
+        release("abc1234", &[], None, &env, &mut problems, &mut redactor);
+        let message = format!("{:#}", problems.into_result().unwrap_err());
+        for name in [
+            "ACME_EMAIL",
+            "POSTGRES_PASSWORD",
+            "GRAFANA_PASSWORD",
+            "GHCR_TOKEN",
+            "GITHUB_ACTOR",
+        ] {
+            assert!(message.contains(name), "{name} not in {message}");
+        }
+        assert!(!message.contains("DOMAIN\n"), "{message}");
+    }
+
+    #[test]
+    fn release_settings_lowercase_the_repository_and_hide_secrets() {
+        let env = lookup(FULL);
+        let mut problems = Problems::default();
+        let mut redactor = Redactor::default();
+        let settings = release(
+            "abc1234",
+            &["monitoring".to_owned()],
+            None,
+            &env,
+            &mut problems,
+            &mut redactor,
+        );
+        problems.into_result().unwrap();
+        assert_eq!(settings.repository, "yassine-el-gherrabi/time-manager");
+        assert_eq!(
+            settings.image_ref("backend"),
+            "ghcr.io/yassine-el-gherrabi/time-manager/backend:abc1234"
+        );
+        assert_eq!(settings.health_url, "https://tm.example.com/api/health");
+        assert_eq!(settings.env.len(), ENV_VARS.len());
+        assert_eq!(settings.env_value("IMAGE_TAG"), Some("abc1234"));
+        assert_eq!(settings.env_value("POSTGRES_USER"), Some("timemanager"));
+        assert_eq!(settings.env_value("POSTGRES_PASSWORD"), None, "secret");
+        assert_eq!(
+            redactor.redact("pg-secret-value ghcr-token-value grafana-secret-value"),
+            "*** *** ***"
+        );
+        assert!(!format!("{settings:?}").contains("secret-value"));
+    }
+
+    #[test]
+    fn dirty_tags_and_unportable_values_are_refused_without_printing_values() {
+        let mut vars = FULL.to_vec();
+        vars.push(("SMTP_PASSWORD", "it's-secret"));
+        let env = lookup(&vars);
+        let mut problems = Problems::default();
+        release(
+            "abc1234-dirty",
+            &[],
+            None,
+            &env,
+            &mut problems,
+            &mut Redactor::default(),
+        );
+        let message = format!("{:#}", problems.into_result().unwrap_err());
+        assert!(message.contains("commit your changes first"), "{message}");
+        assert!(message.contains("SMTP_PASSWORD contains"), "{message}");
+        assert!(!message.contains("it's-secret"), "{message}");
+    }
+
+    #[test]
+    fn names_and_tags() {
+        assert!(is_commit_tag("0f2eb79"));
+        assert!(!is_commit_tag("0F2EB79"));
+        assert!(!is_commit_tag("0f2eb79-dirty"));
+        assert!(is_tag("v1.2.3") && is_tag("0f2eb79"));
+        assert!(!is_tag("../x") && !is_tag("a b") && !is_tag("-rf"));
+        assert!(is_name("monitoring") && !is_name("Mon") && !is_name("a;b"));
+        assert!(is_safe_path("/opt/timemanager") && !is_safe_path("/opt/../etc"));
+        assert!(!is_safe_path("/opt/time manager"));
+    }
+}

@@ -1,0 +1,374 @@
+//! Registry base images: resolved to one platform's manifest, pinned by digest in
+//! `images.lock.json`, and pulled once into the local blob store so later builds need
+//! no network. Pull shares the push client, so both have one auth and retry path.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    io::Read,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, bail, format_err};
+use serde_json::Value;
+
+use crate::{
+    image::{layer::LayerBlob, store::Store},
+    project,
+    registry::{self, Client, ClientOptions, Registry},
+};
+
+/// The platform every image of this project is built for.
+pub(crate) const PLATFORM: &str = "linux/amd64";
+
+/// Committed lock of base digests: `{"bases": {"<reference>": {"linux/amd64": "sha256:…"}}}`.
+pub(crate) fn default_lock_path() -> PathBuf {
+    project::root().join("images.lock.json")
+}
+
+/// `HOST/REPOSITORY:TAG`, split; Docker Hub names get their implicit host and `library/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ImageRef {
+    pub(crate) host: String,
+    pub(crate) repository: String,
+    pub(crate) tag: String,
+}
+
+impl ImageRef {
+    pub(crate) fn parse(reference: &str) -> anyhow::Result<ImageRef> {
+        let (name, tag) = match reference.rsplit_once(':') {
+            Some((name, tag)) if !tag.contains('/') => (name, tag),
+            _ => (reference, "latest"),
+        };
+        let (host, repository) = match name.split_once('/') {
+            Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
+                (first.to_owned(), rest.to_owned())
+            }
+            Some(_) => ("registry-1.docker.io".to_owned(), name.to_owned()),
+            None => ("registry-1.docker.io".to_owned(), format!("library/{name}")),
+        };
+        if repository.is_empty() || tag.is_empty() {
+            bail!("`{reference}` is not an image reference (expected `HOST/REPOSITORY:TAG`)");
+        }
+        Ok(ImageRef {
+            host,
+            repository,
+            tag: tag.to_owned(),
+        })
+    }
+}
+
+/// A base image as the build uses it: its layers and config, all in the local store.
+#[derive(Debug, Clone)]
+pub(crate) struct BaseImage {
+    pub(crate) digest: String,
+    pub(crate) config: Value,
+    pub(crate) layers: Vec<LayerBlob>,
+}
+
+fn client(host: &str, sh: &xshell::Shell) -> anyhow::Result<Client> {
+    let registry = Registry::parse(host, &[])?;
+    let credentials = registry::credentials::lookup(sh, host)?;
+    Ok(Client::new(
+        registry,
+        credentials,
+        ClientOptions {
+            write: false,
+            ..ClientOptions::default()
+        },
+    ))
+}
+
+/// `cargo xtask base update`: resolves each reference's tag to the platform manifest
+/// digest now published, and records it in the lock.
+pub(crate) fn update(
+    sh: &xshell::Shell,
+    references: &[String],
+    lock_path: &Path,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut lock = read_lock(lock_path)?;
+    let mut acc = Vec::new();
+    for reference in references {
+        let image = ImageRef::parse(reference)?;
+        let client = client(&image.host, sh)?;
+        let manifest = client
+            .get_manifest(&image.repository, &image.tag)?
+            .with_context(|| format!("base image `{reference}` not found"))?;
+        let digest = platform_manifest(&client, &image, manifest)?.digest;
+        lock.entry(reference.clone())
+            .or_default()
+            .insert(PLATFORM.to_owned(), digest.clone());
+        acc.push((reference.clone(), digest));
+    }
+    write_lock(lock_path, &lock)?;
+    Ok(acc)
+}
+
+/// The base for a build: from the store when all its blobs are there, else pulled by the
+/// digest the lock pins (never by tag, so a moved tag cannot change a build).
+pub(crate) fn load(
+    sh: &xshell::Shell,
+    reference: &str,
+    lock_path: &Path,
+    store: &Store,
+) -> anyhow::Result<BaseImage> {
+    let lock = read_lock(lock_path)?;
+    let digest = lock
+        .get(reference)
+        .and_then(|platforms| platforms.get(PLATFORM))
+        .ok_or_else(|| {
+            format_err!(
+                "base image `{reference}` is not pinned in `{}`: run `cargo xtask base update`",
+                lock_path.display()
+            )
+        })?;
+    let image = ImageRef::parse(reference)?;
+    let mut client: Option<Client> = None;
+    let mut fetch = |digest: &str, size: u64| -> anyhow::Result<PathBuf> {
+        let path = store.blob_path(digest);
+        if path.is_file() {
+            return Ok(path);
+        }
+        if client.is_none() {
+            client = Some(self::client(&image.host, sh)?);
+        }
+        let client = client.as_ref().context("registry client")?;
+        let bytes = client.get_blob(&image.repository, digest, size)?;
+        store
+            .put_file(digest, |out| Ok(out.write_all(&bytes)?))
+            .with_context(|| format!("pulling blob {digest} of base `{reference}`"))?;
+        Ok(path)
+    };
+    // The manifest is fetched by digest: the client checks the bytes against it.
+    let manifest_path = store.blob_path(digest);
+    if !manifest_path.is_file() {
+        let client = self::client(&image.host, sh)?;
+        let manifest = client
+            .get_manifest(&image.repository, digest)?
+            .with_context(|| {
+                format!("base `{reference}`: manifest {digest} is gone from the registry")
+            })?;
+        store.put_file(digest, |out| Ok(out.write_all(&manifest.bytes)?))?;
+    }
+    let manifest: Value = serde_json::from_slice(&fs::read(&manifest_path)?)
+        .with_context(|| format!("base `{reference}`: manifest {digest} is not JSON"))?;
+    let config_digest = manifest["config"]["digest"]
+        .as_str()
+        .context("base manifest has no config")?;
+    let config_size = manifest["config"]["size"]
+        .as_u64()
+        .context("base config without size")?;
+    let config: Value = serde_json::from_slice(&fs::read(fetch(config_digest, config_size)?)?)
+        .with_context(|| format!("base `{reference}`: config {config_digest} is not JSON"))?;
+    let diff_ids = config["rootfs"]["diff_ids"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let descriptors = manifest["layers"].as_array().cloned().unwrap_or_default();
+    if diff_ids.len() != descriptors.len() {
+        bail!(
+            "base `{reference}`: {} layers but {} diff_ids in its config",
+            descriptors.len(),
+            diff_ids.len()
+        );
+    }
+    let mut layers = Vec::new();
+    for (descriptor, diff_id) in descriptors.iter().zip(&diff_ids) {
+        let digest = descriptor["digest"]
+            .as_str()
+            .context("layer without digest")?;
+        let media_type = descriptor["mediaType"].as_str().unwrap_or_default();
+        if !media_type.ends_with("gzip") {
+            bail!(
+                "base `{reference}`: layer {digest} has media type `{media_type}`; only gzip layers are supported"
+            );
+        }
+        let size = descriptor["size"].as_u64().context("layer without size")?;
+        fetch(digest, size)?;
+        layers.push(LayerBlob {
+            digest: digest.to_owned(),
+            diff_id: diff_id
+                .as_str()
+                .context("diff_id is not a string")?
+                .to_owned(),
+            size,
+        });
+    }
+    Ok(BaseImage {
+        digest: digest.clone(),
+        config,
+        layers,
+    })
+}
+
+/// Picks the platform's manifest out of an index (skipping attestation entries).
+fn platform_manifest(
+    client: &Client,
+    image: &ImageRef,
+    manifest: registry::Manifest,
+) -> anyhow::Result<registry::Manifest> {
+    let is_index =
+        manifest.media_type.contains("index") || manifest.media_type.contains("manifest.list");
+    if !is_index {
+        return Ok(manifest);
+    }
+    let index: Value = serde_json::from_slice(&manifest.bytes).context("base index is not JSON")?;
+    let digest = pick_platform(&index).with_context(|| {
+        format!(
+            "`{}/{}:{}` has no {PLATFORM} image",
+            image.host, image.repository, image.tag
+        )
+    })?;
+    client
+        .get_manifest(&image.repository, &digest)?
+        .with_context(|| format!("manifest {digest} listed in the index is missing"))
+}
+
+fn pick_platform(index: &Value) -> Option<String> {
+    index["manifests"].as_array()?.iter().find_map(|entry| {
+        let platform = &entry["platform"];
+        let attestation =
+            entry["annotations"]["vnd.docker.reference.type"] == "attestation-manifest";
+        let matches = platform["os"] == "linux" && platform["architecture"] == "amd64";
+        (matches && !attestation)
+            .then(|| entry["digest"].as_str().map(str::to_owned))
+            .flatten()
+    })
+}
+
+type Lock = BTreeMap<String, BTreeMap<String, String>>;
+
+fn read_lock(path: &Path) -> anyhow::Result<Lock> {
+    if !path.exists() {
+        return Ok(Lock::new());
+    }
+    let text = fs::read_to_string(path).with_context(|| format!("reading `{}`", path.display()))?;
+    let value: Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing `{}`", path.display()))?;
+    let mut lock = Lock::new();
+    for (reference, platforms) in value["bases"].as_object().into_iter().flatten() {
+        for (platform, digest) in platforms.as_object().into_iter().flatten() {
+            let digest = digest.as_str().with_context(|| {
+                format!(
+                    "`{}`: digest of `{reference}` is not a string",
+                    path.display()
+                )
+            })?;
+            lock.entry(reference.clone())
+                .or_default()
+                .insert(platform.clone(), digest.to_owned());
+        }
+    }
+    Ok(lock)
+}
+
+fn write_lock(path: &Path, lock: &Lock) -> anyhow::Result<()> {
+    let value = serde_json::json!({ "bases": lock });
+    let text = serde_json::to_string_pretty(&value)? + "\n";
+    fs::write(path, text).with_context(|| format!("writing `{}`", path.display()))
+}
+
+/// Every path in the base's layers (for the shared-library check), and `libc.so.6` copied
+/// out to `scratch` if the base has one.
+pub(crate) fn inspect(
+    base: &BaseImage,
+    store: &Store,
+    scratch: &Path,
+) -> anyhow::Result<(BTreeSet<String>, Option<PathBuf>)> {
+    let mut files = BTreeSet::new();
+    let mut libc = None;
+    for layer in &base.layers {
+        let file = fs::File::open(store.blob_path(&layer.digest))?;
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+        for entry in archive
+            .entries()
+            .with_context(|| format!("reading base layer {}", layer.digest))?
+        {
+            let mut entry = entry?;
+            let path = entry
+                .path()?
+                .to_string_lossy()
+                .trim_start_matches("./")
+                .trim_end_matches('/')
+                .to_owned();
+            if path.ends_with("/libc.so.6") && entry.header().entry_type().is_file() {
+                fs::create_dir_all(scratch)?;
+                let out = scratch.join("libc.so.6");
+                let mut bytes = Vec::new();
+                entry.read_to_end(&mut bytes)?;
+                fs::write(&out, bytes)?;
+                libc = Some(out);
+            }
+            files.insert(path);
+        }
+    }
+    Ok((files, libc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_get_their_implicit_host_and_tag() {
+        let cases = [
+            (
+                "gcr.io/distroless/cc-debian12:nonroot",
+                ("gcr.io", "distroless/cc-debian12", "nonroot"),
+            ),
+            (
+                "127.0.0.1:5000/test/base",
+                ("127.0.0.1:5000", "test/base", "latest"),
+            ),
+            (
+                "nginx:1.27",
+                ("registry-1.docker.io", "library/nginx", "1.27"),
+            ),
+            (
+                "bitnami/nginx:1.27",
+                ("registry-1.docker.io", "bitnami/nginx", "1.27"),
+            ),
+        ];
+        for (input, (host, repository, tag)) in cases {
+            let parsed = ImageRef::parse(input).unwrap();
+            assert_eq!(
+                (
+                    parsed.host.as_str(),
+                    parsed.repository.as_str(),
+                    parsed.tag.as_str()
+                ),
+                (host, repository, tag),
+                "{input}"
+            );
+        }
+    }
+
+    #[test]
+    fn index_resolution_skips_attestations_and_other_platforms() {
+        let index = serde_json::json!({"manifests": [
+            {"digest": "sha256:arm", "platform": {"os": "linux", "architecture": "arm64"}},
+            {"digest": "sha256:att", "platform": {"os": "linux", "architecture": "amd64"},
+             "annotations": {"vnd.docker.reference.type": "attestation-manifest"}},
+            {"digest": "sha256:amd", "platform": {"os": "linux", "architecture": "amd64"}},
+        ]});
+        assert_eq!(pick_platform(&index).as_deref(), Some("sha256:amd"));
+    }
+
+    #[test]
+    fn lock_round_trips_and_unpinned_bases_say_what_to_run() {
+        let dir = std::env::temp_dir().join(format!("xtask-lock-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("images.lock.json");
+        let lock = Lock::from([(
+            "a/b:1".to_owned(),
+            BTreeMap::from([(PLATFORM.to_owned(), "sha256:x".to_owned())]),
+        )]);
+        write_lock(&path, &lock).unwrap();
+        assert_eq!(read_lock(&path).unwrap(), lock);
+        let sh = xshell::Shell::new().unwrap();
+        let store = Store::new(dir.join("store")).unwrap();
+        let err = load(&sh, "c/d:2", &path, &store).unwrap_err().to_string();
+        assert!(err.contains("cargo xtask base update"), "{err}");
+        fs::remove_dir_all(dir).unwrap();
+    }
+}
