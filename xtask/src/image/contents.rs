@@ -74,34 +74,13 @@ pub(crate) fn ca_bundle() -> Vec<u8> {
     let mut pem = Vec::new();
     for cert in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
         pem.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
-        for line in base64(cert).as_bytes().chunks(64) {
+        for line in crate::registry::base64::encode(cert).as_bytes().chunks(64) {
             pem.extend_from_slice(line);
             pem.push(b'\n');
         }
         pem.extend_from_slice(b"-----END CERTIFICATE-----\n");
     }
     pem
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut acc = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for idx in 0..4 {
-            if idx <= chunk.len() {
-                acc.push(char::from(ALPHABET[(n >> (18 - 6 * idx) & 63) as usize]));
-            } else {
-                acc.push('=');
-            }
-        }
-    }
-    acc
 }
 
 /// Read-only copy of a directory tree, plus a `.gz` twin for each compressible file.
@@ -171,20 +150,6 @@ fn gzip(data: &[u8]) -> anyhow::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_rfc4648_vectors() {
-        let cases = [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foobar", "Zm9vYmFy"),
-        ];
-        for (input, expected) in cases {
-            assert_eq!(base64(input.as_bytes()), expected);
-        }
-    }
 
     #[test]
     fn ca_bundle_holds_every_pinned_root() {
