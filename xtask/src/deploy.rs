@@ -253,8 +253,6 @@ pub(crate) fn deploy_plan(
             service: (*service).to_owned(),
             reference: release.image_ref(service),
             repository: release.repository_of(service),
-            // Compared with what push reported once the server has pulled (see `Run::step`).
-            digest: None,
         })
         .collect();
     Plan {
@@ -592,13 +590,14 @@ impl<'a> Run<'a> {
                     );
                 }
                 self.digests.insert(service.to_owned(), digest.to_owned());
-            } else if let Some((key, value)) = line.split_once('=') {
-                if matches!(key, "docker" | "compose" | "current") {
-                    eprintln!(
-                        "    {key}: {}",
-                        if value.is_empty() { "none" } else { value }
-                    );
-                }
+            } else if let Some((key, value)) = line
+                .split_once('=')
+                .filter(|(key, _)| matches!(*key, "docker" | "compose" | "current"))
+            {
+                eprintln!(
+                    "    {key}: {}",
+                    if value.is_empty() { "none" } else { value }
+                );
             }
         }
         Ok(())

@@ -86,6 +86,10 @@ pub(crate) struct Lab {
     secrets: Vec<(&'static str, String)>,
     clone: PathBuf,
     target: PathBuf,
+    /// `SOURCE_DATE_EPOCH` of every build: see [`Lab::build`].
+    epoch: String,
+    /// Set while a deploy or rollback runs: the argv scanner looks only then.
+    running: Arc<AtomicBool>,
     keep: bool,
     sshd: Sshd,
     registry: Registry,
@@ -150,6 +154,8 @@ impl Lab {
             ],
             clone: target_root.join("clone"),
             target: target_root.join("target"),
+            epoch: cmd!(sh, "git log -1 --format=%ct").quiet().read()?,
+            running: Arc::new(AtomicBool::new(false)),
             keep: false,
             sshd,
             registry,
@@ -226,11 +232,14 @@ impl Lab {
         let xtask = self.xtask();
         cmd!(sh, "{xtask} build")
             .env("CARGO_TARGET_DIR", &self.target)
-            .env_remove("SOURCE_DATE_EPOCH")
+            // One epoch for all three releases (the checkout's commit time): ring's build
+            // script tracks SOURCE_DATE_EPOCH, so a new epoch per commit would rebuild ring,
+            // rustls and sqlx each time. The releases still differ in code and revision.
+            .env("SOURCE_DATE_EPOCH", &self.epoch)
             .run()
             .with_context(|| format!("building release {label} in `{}`", self.clone.display()))?;
         let commit = cmd!(sh, "git rev-parse HEAD").quiet().read()?;
-        let tag = commit[..7].to_owned();
+        let tag = commit.get(..7).context("short commit")?.to_owned();
         let release = Release { label, tag, commit };
         self.write_files(&release, static_tag.unwrap_or(&release.tag))?;
         Ok(release)
@@ -327,7 +336,7 @@ impl Lab {
             .env("GITHUB_REPOSITORY", "E2E/TimeManager")
             .env("REGISTRY", self.registry.host())
             .env("REGISTRY_USERNAME", "e2e")
-            .env_remove("SOURCE_DATE_EPOCH");
+            .env("SOURCE_DATE_EPOCH", &self.epoch);
         for name in [
             "GITHUB_ACTOR",
             "GHCR_TOKEN",
@@ -340,7 +349,10 @@ impl Lab {
         for (name, value) in &self.secrets {
             command = command.env(name, value);
         }
-        let output = command.output()?;
+        self.running.store(true, Ordering::Relaxed);
+        let output = command.output();
+        self.running.store(false, Ordering::Relaxed);
+        let output = output?;
         let elapsed = start.elapsed();
         let text = format!(
             "{}{}",
@@ -447,7 +459,7 @@ fn edit(path: &Path, from: &str, to: &str) -> anyhow::Result<()> {
 fn scenario(sh: &Shell, lab: &Lab, steps: &mut Steps) -> anyhow::Result<String> {
     let mut report = Vec::new();
     let mut outputs = Vec::new();
-    let scanner = Scanner::start(lab.secret_values());
+    let scanner = Scanner::start(lab.secret_values(), lab.running.clone());
 
     steps.run("scratch clone: release A", || lab.prepare_clone(sh))?;
     let a = steps.run("build A", || lab.build(sh, "A", None))?;
@@ -456,18 +468,13 @@ fn scenario(sh: &Shell, lab: &Lab, steps: &mut Steps) -> anyhow::Result<String> 
     let out = steps.run("1. deploy A", || {
         expect_ok(lab.deploy(sh, &a, &[])?, "deploy A")
     })?;
-    ensure!(
-        out.connections == 1,
-        "deploy A opened {} TCP connections to sshd, expected 1",
-        out.connections
-    );
+    one_connection(&out, "deploy A")?;
     report.push(format!(
-        "1. deploy A ({}): {}, {} TCP connection to sshd",
+        "1. deploy A ({}): {}; A, B, the rollback and C each opened exactly 1 TCP connection to sshd",
         a.tag,
         format_duration(out.elapsed),
-        out.connections
     ));
-    outputs.push(out.output);
+    outputs.push(("1-deploy-A", out.output));
     ensure!(
         lab.revision()? == a.commit,
         "/health does not show A's revision"
@@ -499,6 +506,7 @@ fn scenario(sh: &Shell, lab: &Lab, steps: &mut Steps) -> anyhow::Result<String> 
         expect_ok(lab.deploy(sh, &b, &[])?, "deploy B")
     })?;
     let window_b = poller.stop();
+    one_connection(&out, "deploy B")?;
     ensure!(
         lab.revision()? == b.commit,
         "/health does not show B's revision"
@@ -515,10 +523,11 @@ fn scenario(sh: &Shell, lab: &Lab, steps: &mut Steps) -> anyhow::Result<String> 
         format_duration(out.elapsed),
         format_duration(window_b)
     ));
-    outputs.push(out.output);
+    outputs.push(("2-deploy-B", out.output));
 
     // 3. Rollback to A.
     let out = steps.run("3. rollback", || expect_ok(lab.rollback(sh)?, "rollback"))?;
+    one_connection(&out, "rollback")?;
     ensure!(lab.revision()? == a.commit, "rollback did not bring A back");
     check_data(lab, user_id)?;
     ensure!(
@@ -529,7 +538,7 @@ fn scenario(sh: &Shell, lab: &Lab, steps: &mut Steps) -> anyhow::Result<String> 
         "3. rollback to A: {}, data kept, A's own config file back",
         format_duration(out.elapsed)
     ));
-    outputs.push(out.output);
+    outputs.push(("3-rollback", out.output));
 
     // 4. Release C fails its health check: the deploy fails and A serves again.
     let c = steps.run("build C (/health broken)", || {
@@ -554,6 +563,7 @@ fn scenario(sh: &Shell, lab: &Lab, steps: &mut Steps) -> anyhow::Result<String> 
         Ok(out)
     })?;
     let window_c = poller.stop();
+    one_connection(&out, "the failed deploy of C")?;
     ensure!(
         out.output
             .contains(&format!("the server is back on {}", a.tag)),
@@ -577,7 +587,7 @@ fn scenario(sh: &Shell, lab: &Lab, steps: &mut Steps) -> anyhow::Result<String> 
         format_duration(out.elapsed),
         format_duration(window_c)
     ));
-    outputs.push(out.output);
+    outputs.push(("4-deploy-C-unhealthy", out.output));
 
     // 5. Two deploys at once: the second fails fast, naming the holder.
     let (first, second) = steps.run("5. two deploys at once", || {
@@ -628,8 +638,8 @@ fn scenario(sh: &Shell, lab: &Lab, steps: &mut Steps) -> anyhow::Result<String> 
         format_duration(second.elapsed),
         format_duration(first.elapsed)
     ));
-    outputs.push(first.output);
-    outputs.push(second.output);
+    outputs.push(("5-concurrent-first", first.output));
+    outputs.push(("5-concurrent-second", second.output));
 
     // 6. Secrets: in no argv on the machine during any deploy, in no output, .env 0600.
     let scan = scanner.stop();
@@ -639,12 +649,16 @@ fn scenario(sh: &Shell, lab: &Lab, steps: &mut Steps) -> anyhow::Result<String> 
         scan.hits.join("\n  ")
     );
     let secrets = lab.secret_values();
-    for (n, output) in outputs.iter().enumerate() {
+    // Kept for reading: what each run printed (checked free of secrets just below).
+    let logs = lab.target.parent().unwrap_or(&lab.target).join("logs");
+    let _ = fs::remove_dir_all(&logs);
+    fs::create_dir_all(&logs)?;
+    for (name, output) in &outputs {
+        fs::write(logs.join(format!("{name}.log")), output)?;
         for secret in &secrets {
             ensure!(
                 !output.contains(secret.as_str()),
-                "the output of run {} contains a secret",
-                n + 1
+                "the output of {name} contains a secret"
             );
         }
     }
@@ -656,8 +670,11 @@ fn scenario(sh: &Shell, lab: &Lab, steps: &mut Steps) -> anyhow::Result<String> 
         }
     }
     report.push(format!(
-        "6. secrets: {} scans of /proc/*/cmdline ({} process samples) during the deploys found none; {} outputs free of secrets; every .env is 0600",
-        scan.scans, scan.processes, outputs.len()
+        "6. secrets: {} scans of /proc/*/cmdline ({} process samples) during the deploys found none; {} outputs free of secrets (kept in {}); every .env is 0600",
+        scan.scans,
+        scan.processes,
+        outputs.len(),
+        logs.display()
     ));
     ensure!(
         leftover_ssh_dirs().is_empty(),
@@ -668,6 +685,16 @@ fn scenario(sh: &Shell, lab: &Lab, steps: &mut Steps) -> anyhow::Result<String> 
         "e2e: all scenarios passed\n  {}",
         report.join("\n  ")
     ))
+}
+
+/// Every ssh call of a run goes through its one ControlMaster connection.
+fn one_connection(out: &Outcome, what: &str) -> anyhow::Result<()> {
+    ensure!(
+        out.connections == 1,
+        "{what} opened {} TCP connections to sshd, expected 1",
+        out.connections
+    );
+    Ok(())
 }
 
 fn expect_ok(out: Outcome, what: &str) -> anyhow::Result<Outcome> {
@@ -836,7 +863,7 @@ struct ScanReport {
 }
 
 impl Scanner {
-    fn start(secrets: Vec<String>) -> Scanner {
+    fn start(secrets: Vec<String>, running: Arc<AtomicBool>) -> Scanner {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {
@@ -846,6 +873,10 @@ impl Scanner {
             let own = std::process::id().to_string();
             let deadline = Instant::now() + Duration::from_secs(3600);
             while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                if !running.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
                 scans += 1;
                 let Ok(entries) = fs::read_dir("/proc") else {
                     break;
@@ -972,7 +1003,10 @@ pub(crate) fn bench_deploy(sh: &Shell, runs: usize, machine: &str) -> anyhow::Re
         values[values.len() / 2]
     };
     let step = |steps: &Value, names: &[&str]| -> f64 {
-        names.iter().filter_map(|name| steps[*name].as_f64()).sum()
+        names
+            .iter()
+            .filter_map(|name| steps[*name].as_f64())
+            .fold(0.0, |acc, x| acc + x)
     };
     let groups: &[(&str, &[&str])] = &[
         ("build + push (no-op)", &["build and push images"]),
@@ -988,7 +1022,6 @@ pub(crate) fn bench_deploy(sh: &Shell, runs: usize, machine: &str) -> anyhow::Re
         ("up: switch, compose up", &["switch current", "start"]),
         ("health gate", &["health gate"]),
         ("cleanup", &["cleanup"]),
-        ("record", &["record"]),
     ];
     println!("machine: {machine}; compose: docker-compose v1 on the local engine");
     println!(
@@ -1018,7 +1051,7 @@ pub(crate) fn bench_deploy(sh: &Shell, runs: usize, machine: &str) -> anyhow::Re
             .collect(),
     );
     println!(
-        "| other (process start, settings, summary) | {:.2} |",
+        "| other (process start, settings, the record, summary) | {:.2} |",
         (wall - accounted).max(0.0)
     );
     println!(

@@ -192,11 +192,10 @@ impl Remote {
         .line(": >\"$rel/.images.tmp\"");
         for image in images {
             body.line(format!(
-                "check_digest {} {} {} {} \"$rel/.images.tmp\"",
+                "check_digest {} {} {} \"$rel/.images.tmp\"",
                 quote(&image.service),
                 quote(&image.reference),
                 quote(&image.repository),
-                quote(image.digest.as_deref().unwrap_or(""))
             ));
         }
         body.line("mv -f \"$rel/.images.tmp\" \"$rel/images\"");
@@ -299,7 +298,7 @@ impl Remote {
         .line("    case $state in 'running healthy' | 'running none') continue ;; esac")
         .line(format!("    say \"--- $svc ($state): last {lines} log lines\""))
         .line(format!("    docker logs --tail {lines} \"$id\" 2>&1 | sed 's/^/    /' >&2 || true"))
-        .line("    docker inspect --format '{{if .State.Health}}{{range .State.Health.Log}}{{.Output}}{{end}}{{end}}' \"$id\" | tail -n 3 | sed 's/^/    health probe: /' >&2 || true")
+        .line("    docker inspect --format '{{if .State.Health}}{{range .State.Health.Log}}{{.Output}}{{end}}{{end}}' \"$id\" | sed '/^$/d' | tail -n 3 | sed 's/^/    health probe: /' >&2 || true")
         .line("  done")
         .line("done");
         self.wrap(&body, false)
@@ -421,8 +420,6 @@ pub(crate) struct ImageLine {
     pub(crate) reference: String,
     /// `registry/owner/repo/service`
     pub(crate) repository: String,
-    /// The digest push reported, when known: the server must pull exactly that.
-    pub(crate) digest: Option<String>,
 }
 
 /// Provisions a fresh Debian or Ubuntu server; safe to run again.
@@ -505,17 +502,14 @@ stale_services() {
     diff -r -q "$base/releases/$old/$path" "$base/releases/$1/$path" >/dev/null 2>&1 || printf '%s\n' "$svc"
   done | sort -u
 }
-# check_digest SERVICE REF REPOSITORY WANT FILE: the pulled image's digest, checked,
-# appended to FILE and reported.
+# check_digest SERVICE REF REPOSITORY FILE: the pulled image's digest, appended to FILE and
+# reported (the deploying machine compares it with what it pushed).
 check_digest() {
   local got
   got=$(docker image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$2" | grep -F "$3@" | head -n 1 || true)
   got=${got#*@}
   [ -n "$got" ] || die "$2 has no digest from $3 after the pull"
-  if [ -n "$4" ] && [ "$got" != "$4" ]; then
-    die "$2 is $got on the server but $4 was pushed: was the tag pushed again?"
-  fi
-  printf '%s\t%s\t%s\n' "$1" "$2" "$got" >>"$5"
+  printf '%s\t%s\t%s\n' "$1" "$2" "$got" >>"$4"
   printf 'digest\t%s\t%s\n' "$1" "$got"
 }
 "#;

@@ -408,6 +408,54 @@ mod tests {
 
     use super::*;
 
+    fn session(host_keys: HostKeys) -> Session {
+        Session {
+            target: Target {
+                host: "203.0.113.7".to_owned(),
+                user: "root".to_owned(),
+                port: 2222,
+                identity: Identity::Agent,
+                host_keys,
+                base: "/opt/timemanager".to_owned(),
+                project: "timemanager".to_owned(),
+            },
+            dir: PrivateDir::create().unwrap(),
+            redactor: Redactor::default(),
+        }
+    }
+
+    #[test]
+    fn host_keys_are_checked_strictly_when_pinned_and_on_first_use_otherwise() {
+        let pinned = session(HostKeys::Text(
+            "[203.0.113.7]:2222 ssh-ed25519 AAAA".to_owned(),
+        ));
+        let args = pinned.common_args().join(" ");
+        assert!(args.contains("StrictHostKeyChecking=yes"), "{args}");
+        assert!(args.contains(&format!(
+            "UserKnownHostsFile={}",
+            pinned.known_hosts_path().display()
+        )));
+        assert!(
+            args.starts_with("-p 2222 -l root -o BatchMode=yes"),
+            "{args}"
+        );
+        assert!(args.contains(&format!("ControlPath={}/ctl", pinned.dir.path.display())));
+        let file = session(HostKeys::File(PathBuf::from("/etc/ssh/pinned")));
+        assert!(
+            file.common_args()
+                .join(" ")
+                .contains("UserKnownHostsFile=/etc/ssh/pinned -o StrictHostKeyChecking=yes")
+        );
+        let first_use = session(HostKeys::AcceptNew);
+        assert!(
+            first_use
+                .common_args()
+                .join(" ")
+                .contains("StrictHostKeyChecking=accept-new")
+        );
+        // Dropping a session that never connected only tries `ssh -O exit`, quietly.
+    }
+
     #[test]
     fn private_files_are_0600_in_a_0700_directory_and_go_away() {
         let dir = PrivateDir::create().unwrap();

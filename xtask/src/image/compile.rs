@@ -170,7 +170,9 @@ fn cargo_build(
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags.join("\x1f"))
         .env("CARGO_TARGET_DIR", target_dir)
         .env("TIMEMANAGER_REVISION", &revision.commit)
-        .env("SOURCE_DATE_EPOCH", revision.epoch.to_string())
+        // No crate we link reads it, but ring's build script watches it: setting it per
+        // commit recompiled ring, rustls and sqlx on every commit (2m20s instead of 45 s).
+        .env_remove("SOURCE_DATE_EPOCH")
         .run()?;
     Ok(())
 }

@@ -51,7 +51,6 @@ fn images() -> Vec<ImageLine> {
             service: (*service).to_owned(),
             reference: format!("ghcr.io/o/r/{service}:abc1234"),
             repository: format!("ghcr.io/o/r/{service}"),
-            digest: None,
         })
         .collect()
 }
