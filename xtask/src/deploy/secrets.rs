@@ -1,34 +1,6 @@
 //! Secret values: never printed, never in argv, and scrubbed from everything the deploy prints.
 
-use std::fmt;
-
-/// A value from a CI secret. `Debug` and `Display` print a placeholder, so a secret that
-/// ends up in a log line or an error message by mistake stays hidden.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct Secret(String);
-
-impl Secret {
-    pub(crate) fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The value itself, for the one place that needs it: a script sent over ssh's stdin.
-    pub(crate) fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
+pub(crate) use crate::registry::credentials::Secret;
 
 /// Replaces every known secret value in text the deploy prints: remote output, container
 /// logs, error messages. A second line of defence: secrets are not supposed to get there.
@@ -70,7 +42,7 @@ mod tests {
     #[test]
     fn secrets_never_print() {
         let secret = Secret::new("hunter2-long");
-        assert_eq!(format!("{secret} {secret:?}"), "*** Secret(***)");
+        assert_eq!(format!("{secret:?}"), "<redacted>");
     }
 
     #[test]
