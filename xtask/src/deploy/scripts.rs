@@ -167,22 +167,7 @@ impl Remote {
         let mut body = Script::new();
         body.line(release_dir(tag));
         if let Some(credentials) = credentials {
-            body.line(format!(
-                "login=$(docker login {} --username {} --password-stdin 2>&1 <<'{delimiter}'",
-                quote(registry),
-                quote(&credentials.username)
-            ))
-            .secret("registry password", &credentials.password)
-            .line("")
-            .line(&delimiter)
-            .line(format!(
-                ") || die \"docker login {registry} failed: $login\""
-            ))
-            .line("# The token serves this pull only: none stays on the server.")
-            .line(format!(
-                "trap 'docker logout {} >/dev/null 2>&1 || true' EXIT",
-                quote(registry)
-            ));
+            docker_login(&mut body, registry, credentials, &delimiter);
         }
         let services: Vec<&str> = images.iter().map(|image| image.service.as_str()).collect();
         body.line(format!(
@@ -374,21 +359,7 @@ impl Remote {
             .line("[ ${#missing[@]} -gt 0 ] || exit 0")
             .line("say \"pulling ${#missing[@]} image(s) of the release by digest\"");
         if let Some((registry, credentials)) = registry {
-            body.line(format!(
-                "login=$(docker login {} --username {} --password-stdin 2>&1 <<'{delimiter}'",
-                quote(registry),
-                quote(&credentials.username)
-            ))
-            .secret("registry password", &credentials.password)
-            .line("")
-            .line(&delimiter)
-            .line(format!(
-                ") || die \"docker login {registry} failed: $login\""
-            ))
-            .line(format!(
-                "trap 'docker logout {} >/dev/null 2>&1 || true' EXIT",
-                quote(registry)
-            ));
+            docker_login(&mut body, registry, credentials, &delimiter);
         }
         body.line("for image in \"${missing[@]}\"; do")
             .line("  docker pull --quiet \"$image\" >/dev/null || die \"cannot pull $image: set the registry credentials, or roll back to a release whose images are still on the server\"")
@@ -682,6 +653,27 @@ ufw status >&2
 docker version --format 'docker {{.Server.Version}}'
 if docker compose version >/dev/null 2>&1; then docker compose version; else docker-compose version --short; fi
 "#;
+
+/// `docker login --password-stdin` with the password in a quoted here-document (never in
+/// argv), and a logout when the script exits.
+fn docker_login(body: &mut Script, registry: &str, credentials: &Credentials, delimiter: &str) {
+    body.line(format!(
+        "login=$(docker login {} --username {} --password-stdin 2>&1 <<'{delimiter}'",
+        quote(registry),
+        quote(&credentials.username)
+    ))
+    .secret("registry password", &credentials.password)
+    .line("")
+    .line(delimiter)
+    .line(format!(
+        ") || die \"docker login {registry} failed: $login\""
+    ))
+    .line("# The token serves this pull only: none stays on the server.")
+    .line(format!(
+        "trap 'docker logout {} >/dev/null 2>&1 || true' EXIT",
+        quote(registry)
+    ));
+}
 
 #[cfg(test)]
 mod tests;
