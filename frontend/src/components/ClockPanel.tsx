@@ -15,6 +15,7 @@ import {
   workedSecondsToday,
 } from '../format';
 import { ErrorMessage } from './ErrorMessage';
+import { LoadStatus } from './LoadStatus';
 
 /** How often the "worked today" figure is refreshed while clocked in. */
 const TICK_MS = 30_000;
@@ -125,25 +126,15 @@ export function ClockPanel({ api, user, onClockChange, now = systemNow }: ClockP
   return (
     <section className="card clock" aria-labelledby="clock-heading">
       <h2 id="clock-heading">Today</h2>
-      {loadError && (
-        <ErrorMessage message={loadError}>
-          <button
-            type="button"
-            className="link-button"
-            onClick={() => {
-              setLoadError(null);
-              setVersion((v) => v + 1);
-            }}
-          >
-            Retry
-          </button>
-        </ErrorMessage>
-      )}
-      {state === null && !loadError && (
-        <p className="muted" role="status">
-          Loading status…
-        </p>
-      )}
+      <LoadStatus
+        error={loadError}
+        loading={state === null}
+        loadingText="Loading status…"
+        onRetry={() => {
+          setLoadError(null);
+          setVersion((v) => v + 1);
+        }}
+      />
       {state !== null && (
         <>
           <div className="clock-status" role="status" aria-live="polite">

@@ -1,6 +1,7 @@
 import { useEffect, useId, useState, type FormEvent } from 'react';
 import { errorMessage, type ApiClient, type User } from '../api';
 import { ErrorMessage } from './ErrorMessage';
+import { LoadStatus } from './LoadStatus';
 
 export interface UserPickerProps {
   api: ApiClient;
@@ -59,25 +60,15 @@ export function UserPicker({ api, onSelect }: UserPickerProps) {
     <div className="stack">
       <section className="card" aria-labelledby="pick-user-heading">
         <h2 id="pick-user-heading">Choose a user</h2>
-        {loadError && (
-          <ErrorMessage message={loadError}>
-            <button
-              type="button"
-              className="link-button"
-              onClick={() => {
-                setLoadError(null);
-                setLoadVersion((v) => v + 1);
-              }}
-            >
-              Retry
-            </button>
-          </ErrorMessage>
-        )}
-        {users === null && !loadError && (
-          <p className="muted" role="status">
-            Loading users…
-          </p>
-        )}
+        <LoadStatus
+          error={loadError}
+          loading={users === null}
+          loadingText="Loading users…"
+          onRetry={() => {
+            setLoadError(null);
+            setLoadVersion((v) => v + 1);
+          }}
+        />
         {users !== null && users.length === 0 && (
           <p className="muted">No users yet. Create one below.</p>
         )}
