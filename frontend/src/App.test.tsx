@@ -49,6 +49,24 @@ describe('App', () => {
     expect(localStorage.getItem(SELECTED_USER_KEY)).toBeNull();
   });
 
+  it('offers a retry when the remembered user cannot be loaded', async () => {
+    localStorage.setItem(SELECTED_USER_KEY, '7');
+    const api = apiWithData();
+    api.getUser.mockRejectedValueOnce(new ApiError(0, 'Could not reach the server.'));
+    api.getUser.mockResolvedValueOnce(ada);
+    render(<App api={api} />);
+
+    expect((await screen.findByRole('alert')).textContent).toContain(
+      'Could not load the remembered user: Could not reach the server.',
+    );
+    expect(screen.getByRole('heading', { name: 'Choose a user' })).toBeTruthy();
+    fireEvent.click(screen.getByRole('button', { name: 'Retry' }));
+
+    expect(await screen.findByRole('button', { name: 'Clock in' })).toBeTruthy();
+    expect(api.getUser).toHaveBeenCalledTimes(2);
+    expect(localStorage.getItem(SELECTED_USER_KEY)).toBe('7');
+  });
+
   it('creates a user, or shows why it could not', async () => {
     const api = apiWithData();
     api.listUsers.mockResolvedValue([]);

@@ -1,84 +1,63 @@
-import { useCallback, useEffect, useState } from 'react';
-import { ApiError, errorMessage, type ApiClient, type User } from './api';
+import { useCallback, useState } from 'react';
+import { ApiError, type ApiClient, type User } from './api';
 import { ClockPanel } from './components/ClockPanel';
-import { ErrorMessage } from './components/ErrorMessage';
 import { HistoryPanel } from './components/HistoryPanel';
+import { LoadStatus } from './components/LoadStatus';
 import { UserPicker } from './components/UserPicker';
 import { clearSelectedUserId, loadSelectedUserId, saveSelectedUserId } from './storage';
+import { useLoad } from './useLoad';
 
 export interface AppProps {
   api: ApiClient;
 }
 
 export function App({ api }: AppProps) {
-  const [user, setUser] = useState<User | null>(null);
-  // Id of the remembered user while it is being loaded.
-  const [restoringId, setRestoringId] = useState<number | null>(() => loadSelectedUserId());
-  const [restoreError, setRestoreError] = useState<string | null>(null);
+  // Id of the remembered user to restore; `null` once the user chose or switched.
+  const [rememberedId, setRememberedId] = useState<number | null>(() => loadSelectedUserId());
+  const [chosen, setChosen] = useState<User | null>(null);
   // Bumped after every clock in/out so the history refreshes.
   const [clockVersion, setClockVersion] = useState(0);
 
-  useEffect(() => {
-    if (restoringId === null) return;
-    let cancelled = false;
-    api.getUser(restoringId).then(
-      (found) => {
-        if (cancelled) return;
-        setUser(found);
-        setRestoringId(null);
-      },
-      (error: unknown) => {
-        if (cancelled) return;
-        if (error instanceof ApiError && error.isNotFound) {
-          clearSelectedUserId();
-        } else {
-          setRestoreError(`Could not load the remembered user: ${errorMessage(error)}`);
-        }
-        setRestoringId(null);
-      },
-    );
-    return () => {
-      cancelled = true;
-    };
-  }, [api, restoringId]);
+  const restore = useLoad(
+    rememberedId === null ? null : String(rememberedId),
+    async (signal): Promise<User | null> => {
+      if (rememberedId === null) return null;
+      try {
+        return await api.getUser(rememberedId);
+      } catch (error) {
+        // The remembered user was deleted: forget it and let the user choose.
+        if (!(error instanceof ApiError && error.isNotFound)) throw error;
+        if (!signal.aborted) clearSelectedUserId();
+        return null;
+      }
+    },
+  );
+  const user = chosen ?? restore.data;
 
   const selectUser = useCallback((selected: User) => {
     saveSelectedUserId(selected.id);
-    setRestoreError(null);
-    setUser(selected);
+    setChosen(selected);
   }, []);
 
   const switchUser = useCallback(() => {
     clearSelectedUserId();
-    setRestoreError(null);
-    setUser(null);
-  }, []);
-
-  const retryRestore = useCallback(() => {
-    setRestoreError(null);
-    setRestoringId(loadSelectedUserId());
+    setRememberedId(null);
+    setChosen(null);
   }, []);
 
   const onClockChange = useCallback(() => setClockVersion((v) => v + 1), []);
 
   let main;
-  if (restoringId !== null) {
-    main = (
-      <p className="muted" role="status">
-        Loading…
-      </p>
-    );
-  } else if (user === null) {
+  if (user === null) {
     main = (
       <>
-        {restoreError && (
-          <ErrorMessage message={restoreError}>
-            <button type="button" className="link-button" onClick={retryRestore}>
-              Retry
-            </button>
-          </ErrorMessage>
-        )}
-        <UserPicker api={api} onSelect={selectUser} />
+        <LoadStatus
+          error={restore.error && `Could not load the remembered user: ${restore.error}`}
+          loading={restore.loading}
+          loadingText="Loading…"
+          onRetry={restore.reload}
+        />
+        {!restore.loading && <UserPicker api={api} onSelect={selectUser} />}
       </>
     );
   } else {

@@ -14,6 +14,7 @@ import {
   toIsoDate,
   workedSecondsToday,
 } from '../format';
+import { useLoad } from '../useLoad';
 import { ErrorMessage } from './ErrorMessage';
 import { LoadStatus } from './LoadStatus';
 
@@ -33,19 +34,26 @@ interface ClockState {
   status: ClockStatus;
   /** Entries of yesterday and today (local), to compute time worked today. */
   entries: Entry[];
+  /** When this state was read or last changed. */
+  at: Date;
 }
 
 const systemNow = () => new Date();
 
-async function loadClockState(api: ApiClient, userId: number, now: Date): Promise<ClockState> {
+async function loadClockState(
+  api: ApiClient,
+  userId: number,
+  now: () => Date,
+): Promise<ClockState> {
+  const today = now();
   // Ask from yesterday so entries that started before local midnight (or that
   // the server files under another day because of time zones) are included.
-  const range = { from: toIsoDate(addDays(now, -1)), to: toIsoDate(now) };
+  const range = { from: toIsoDate(addDays(today, -1)), to: toIsoDate(today) };
   const [status, history] = await Promise.all([
     api.getClockStatus(userId),
     api.getHistory(userId, range),
   ]);
-  return { status, entries: history.entries };
+  return { status, entries: history.entries, at: now() };
 }
 
 /** Merges the open entry (from status) into the entry list, replacing any stale copy. */
@@ -55,37 +63,23 @@ function withOpenEntry(entries: Entry[], status: ClockStatus): Entry[] {
   return open ? [...others, open] : others;
 }
 
+function later(a: Date, b: Date | null): Date {
+  return b !== null && b > a ? b : a;
+}
+
 export function ClockPanel({ api, user, onClockChange, now = systemNow }: ClockPanelProps) {
-  const [state, setState] = useState<ClockState | null>(null);
-  const [loadError, setLoadError] = useState<string | null>(null);
+  const clock = useLoad(String(user.id), () => loadClockState(api, user.id, now));
+  const state = clock.data;
   const [actionError, setActionError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
-  const [version, setVersion] = useState(0);
-  const [currentTime, setCurrentTime] = useState(now);
-
-  useEffect(() => {
-    let cancelled = false;
-    loadClockState(api, user.id, now()).then(
-      (loaded) => {
-        if (cancelled) return;
-        setState(loaded);
-        setLoadError(null);
-        setCurrentTime(now());
-      },
-      (error: unknown) => {
-        if (!cancelled) setLoadError(errorMessage(error));
-      },
-    );
-    return () => {
-      cancelled = true;
-    };
-  }, [api, user.id, version, now]);
+  // The last tick of the timer; the figure uses whichever is later, this or `state.at`.
+  const [ticked, setTicked] = useState<Date | null>(null);
 
   const clockedIn = state?.status.clocked_in ?? false;
 
   useEffect(() => {
     if (!clockedIn) return;
-    const timer = setInterval(() => setCurrentTime(now()), TICK_MS);
+    const timer = setInterval(() => setTicked(now()), TICK_MS);
     return () => clearInterval(timer);
   }, [clockedIn, now]);
 
@@ -96,44 +90,41 @@ export function ClockPanel({ api, user, onClockChange, now = systemNow }: ClockP
     try {
       if (state.status.clocked_in) {
         const closed = await api.clockOut(user.id);
-        setState((prev) =>
-          prev && {
-            status: { clocked_in: false, entry: null },
-            entries: [...prev.entries.filter((e) => e.id !== closed.id), closed],
-          },
-        );
+        const at = now();
+        clock.mutate((prev) => ({
+          status: { clocked_in: false, entry: null },
+          entries: [...prev.entries.filter((e) => e.id !== closed.id), closed],
+          at,
+        }));
       } else {
         const opened = await api.clockIn(user.id);
-        setState((prev) => {
-          const status = { clocked_in: true, entry: opened };
-          return prev && { status, entries: withOpenEntry(prev.entries, status) };
-        });
+        const status = { clocked_in: true, entry: opened };
+        const at = now();
+        clock.mutate((prev) => ({ status, entries: withOpenEntry(prev.entries, status), at }));
       }
-      setCurrentTime(now());
       onClockChange?.();
     } catch (error) {
       setActionError(errorMessage(error));
       // A conflict means our view is stale (e.g. changed in another tab): reload it.
-      if (error instanceof ApiError && error.isConflict) setVersion((v) => v + 1);
+      if (error instanceof ApiError && error.isConflict) clock.reload();
     } finally {
       setBusy(false);
     }
   }
 
   const openEntry = state?.status.clocked_in ? state.status.entry : null;
-  const worked = state ? workedSecondsToday(withOpenEntry(state.entries, state.status), currentTime) : 0;
+  const worked = state
+    ? workedSecondsToday(withOpenEntry(state.entries, state.status), later(state.at, ticked))
+    : 0;
 
   return (
     <section className="card clock" aria-labelledby="clock-heading">
       <h2 id="clock-heading">Today</h2>
       <LoadStatus
-        error={loadError}
+        error={clock.error}
         loading={state === null}
         loadingText="Loading status…"
-        onRetry={() => {
-          setLoadError(null);
-          setVersion((v) => v + 1);
-        }}
+        onRetry={clock.reload}
       />
       {state !== null && (
         <>

@@ -1,6 +1,6 @@
-import { fireEvent, render, screen, within } from '@testing-library/react';
+import { act, fireEvent, render, screen, within } from '@testing-library/react';
 import { describe, expect, it } from 'vitest';
-import { ApiError } from '../api';
+import { ApiError, type History } from '../api';
 import { fakeApi } from '../test/fakeApi';
 import { HistoryPanel } from './HistoryPanel';
 
@@ -42,11 +42,34 @@ describe('HistoryPanel', () => {
     expect(api.getHistory).toHaveBeenLastCalledWith(7, { from: '2023-12-17', to: '2024-01-15' });
   });
 
-  it('shows the error message', async () => {
+  it('shows the error message with a retry', async () => {
     const api = fakeApi();
-    api.getHistory.mockRejectedValue(new ApiError(400, 'from must be before to'));
+    api.getHistory.mockRejectedValueOnce(new ApiError(400, 'from must be before to'));
+    api.getHistory.mockResolvedValue({ entries: [], days: [] });
     render(<HistoryPanel api={api} userId={7} now={now} />);
 
     expect((await screen.findByRole('alert')).textContent).toContain('from must be before to');
+    fireEvent.click(screen.getByRole('button', { name: 'Retry' }));
+
+    expect(await screen.findByRole('table')).toBeTruthy();
+    expect(screen.queryByRole('alert')).toBeNull();
+  });
+
+  it('keeps the 30-day table when the slower 7-day response arrives last', async () => {
+    const api = fakeApi();
+    let sevenDays: (history: History) => void = () => {};
+    api.getHistory.mockReturnValueOnce(new Promise((resolve) => (sevenDays = resolve)));
+    api.getHistory.mockResolvedValueOnce({ entries: [], days: [] });
+    render(<HistoryPanel api={api} userId={7} now={now} />);
+
+    fireEvent.click(screen.getByRole('radio', { name: 'Last 30 days' }));
+    expect(await screen.findByText('Hours worked per day, last 30 days')).toBeTruthy();
+    await act(async () => {
+      sevenDays({ entries: [], days: [] });
+      await Promise.resolve();
+    });
+
+    expect(screen.getByText('Hours worked per day, last 30 days')).toBeTruthy();
+    expect(within(screen.getByRole('table')).getAllByRole('row')).toHaveLength(32);
   });
 });

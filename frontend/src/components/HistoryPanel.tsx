@@ -1,5 +1,5 @@
-import { useEffect, useId, useState } from 'react';
-import { errorMessage, type ApiClient, type DaySummary } from '../api';
+import { useId, useState } from 'react';
+import type { ApiClient } from '../api';
 import {
   fillDays,
   formatDayLabel,
@@ -8,7 +8,8 @@ import {
   lastDaysRange,
   totalSeconds,
 } from '../format';
-import { ErrorMessage } from './ErrorMessage';
+import { useLoad } from '../useLoad';
+import { LoadStatus } from './LoadStatus';
 
 export const HISTORY_PERIODS = [7, 30] as const;
 export type HistoryPeriod = (typeof HISTORY_PERIODS)[number];
@@ -22,48 +23,24 @@ export interface HistoryPanelProps {
   now?: () => Date;
 }
 
-interface Loaded {
-  /** Which request this result belongs to, to tell fresh data from stale. */
-  key: string;
-  days: DaySummary[];
-}
-
 const systemNow = () => new Date();
 
 export function HistoryPanel({ api, userId, refreshKey = 0, now = systemNow }: HistoryPanelProps) {
   const [period, setPeriod] = useState<HistoryPeriod>(7);
-  const [loaded, setLoaded] = useState<Loaded | null>(null);
-  const [error, setError] = useState<{ key: string; message: string } | null>(null);
-  const [retries, setRetries] = useState(0);
   const groupName = useId();
 
-  const requestKey = `${userId}:${period}:${refreshKey}:${retries}`;
-
-  useEffect(() => {
-    let cancelled = false;
+  const history = useLoad(`${userId}:${period}:${refreshKey}`, async () => {
     const range = lastDaysRange(period, now());
-    api.getHistory(userId, range).then(
-      (history) => {
-        if (!cancelled) setLoaded({ key: requestKey, days: fillDays(range, history.days) });
-      },
-      (err: unknown) => {
-        if (!cancelled) setError({ key: requestKey, message: errorMessage(err) });
-      },
-    );
-    return () => {
-      cancelled = true;
-    };
-  }, [api, userId, period, now, requestKey]);
-
-  const currentError = error?.key === requestKey ? error.message : null;
-  const loading = loaded?.key !== requestKey && currentError === null;
-  // Keep showing the previous table while a refresh is under way.
-  const days = loaded?.days ?? null;
+    const { days } = await api.getHistory(userId, range);
+    return fillDays(range, days);
+  });
+  // Keeps showing the previous table while a refresh is under way.
+  const days = history.data;
   const total = days ? totalSeconds(days) : 0;
   const maxSeconds = days ? Math.max(...days.map((d) => d.worked_seconds), 1) : 1;
 
   return (
-    <section className="card history" aria-labelledby="history-heading" aria-busy={loading}>
+    <section className="card history" aria-labelledby="history-heading" aria-busy={history.loading}>
       <div className="history-header">
         <h2 id="history-heading">History</h2>
         <fieldset className="segmented">
@@ -83,18 +60,12 @@ export function HistoryPanel({ api, userId, refreshKey = 0, now = systemNow }: H
         </fieldset>
       </div>
 
-      {currentError && (
-        <ErrorMessage message={currentError}>
-          <button type="button" className="link-button" onClick={() => setRetries((r) => r + 1)}>
-            Retry
-          </button>
-        </ErrorMessage>
-      )}
-      {days === null && loading && (
-        <p className="muted" role="status">
-          Loading history…
-        </p>
-      )}
+      <LoadStatus
+        error={history.error}
+        loading={days === null}
+        loadingText="Loading history…"
+        onRetry={history.reload}
+      />
       {days !== null && (
         <table className="history-table">
           <caption className="visually-hidden">

@@ -1,5 +1,6 @@
-import { useEffect, useId, useState, type FormEvent } from 'react';
+import { useId, useState, type FormEvent } from 'react';
 import { errorMessage, type ApiClient, type User } from '../api';
+import { useLoad } from '../useLoad';
 import { ErrorMessage } from './ErrorMessage';
 import { LoadStatus } from './LoadStatus';
 
@@ -9,9 +10,11 @@ export interface UserPickerProps {
 }
 
 export function UserPicker({ api, onSelect }: UserPickerProps) {
-  const [users, setUsers] = useState<User[] | null>(null);
-  const [loadError, setLoadError] = useState<string | null>(null);
-  const [loadVersion, setLoadVersion] = useState(0);
+  const list = useLoad('users', async () => {
+    const users = await api.listUsers();
+    return [...users].sort((a, b) => a.username.localeCompare(b.username));
+  });
+  const users = list.data;
 
   const [username, setUsername] = useState('');
   const [email, setEmail] = useState('');
@@ -20,23 +23,6 @@ export function UserPicker({ api, onSelect }: UserPickerProps) {
 
   const usernameId = useId();
   const emailId = useId();
-
-  useEffect(() => {
-    let cancelled = false;
-    api.listUsers().then(
-      (list) => {
-        if (cancelled) return;
-        setUsers([...list].sort((a, b) => a.username.localeCompare(b.username)));
-        setLoadError(null);
-      },
-      (error: unknown) => {
-        if (!cancelled) setLoadError(errorMessage(error));
-      },
-    );
-    return () => {
-      cancelled = true;
-    };
-  }, [api, loadVersion]);
 
   async function handleCreate(event: FormEvent<HTMLFormElement>) {
     event.preventDefault();
@@ -61,13 +47,10 @@ export function UserPicker({ api, onSelect }: UserPickerProps) {
       <section className="card" aria-labelledby="pick-user-heading">
         <h2 id="pick-user-heading">Choose a user</h2>
         <LoadStatus
-          error={loadError}
+          error={list.error}
           loading={users === null}
           loadingText="Loading users…"
-          onRetry={() => {
-            setLoadError(null);
-            setLoadVersion((v) => v + 1);
-          }}
+          onRetry={list.reload}
         />
         {users !== null && users.length === 0 && (
           <p className="muted">No users yet. Create one below.</p>
