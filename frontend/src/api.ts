@@ -1,4 +1,9 @@
 // Typed client for the Time Manager backend API.
+//
+// The response types below are written by hand after `backend/src/users.rs`,
+// `clock.rs` and `error.rs`. `fixtures/api/` (repository root) holds one JSON file
+// per response shape: the backend's tests check real responses against it, and
+// `api.fixtures.test.ts` checks it against these types.
 
 export interface User {
   id: number;
