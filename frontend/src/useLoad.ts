@@ -49,8 +49,9 @@ const same = (a: Request, b: Request | null) =>
  */
 export function useLoad<T>(key: string | null, load: (signal: AbortSignal) => Promise<T>): Load<T> {
   const [attempt, setAttempt] = useState(0);
-  // The latest success (any request), and the outcome of the latest settled request.
-  const [latest, setLatest] = useState<{ request: Request; data: T } | null>(null);
+  // The data of the latest success (of any request; boxed, as `T` may include null),
+  // and how the latest settled request ended, stamped so only the current one counts.
+  const [latest, setLatest] = useState<{ data: T } | null>(null);
   const [settled, setSettled] = useState<Outcome | null>(null);
 
   const run = useEffectEvent((signal: AbortSignal) => load(signal));
@@ -64,7 +65,7 @@ export function useLoad<T>(key: string | null, load: (signal: AbortSignal) => Pr
     new Promise<T>((resolve) => resolve(run(controller.signal))).then(
       (data) => {
         if (controller.signal.aborted) return;
-        setLatest({ request, data });
+        setLatest({ data });
         setSettled({ request, error: null });
       },
       (error: unknown) => {
@@ -78,7 +79,7 @@ export function useLoad<T>(key: string | null, load: (signal: AbortSignal) => Pr
   const reload = useCallback(() => setAttempt((n) => n + 1), []);
   const mutate = useCallback(
     (update: (data: T) => T) =>
-      setLatest((prev) => (prev === null ? prev : { ...prev, data: update(prev.data) })),
+      setLatest((prev) => (prev === null ? prev : { data: update(prev.data) })),
     [],
   );
 
