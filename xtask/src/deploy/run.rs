@@ -40,8 +40,8 @@ pub(crate) struct Run<'a> {
     previous: Option<String>,
     /// Per service, the digest the server pulled.
     digests: BTreeMap<String, String>,
-    /// Per service, the digest push (or the registry) reported.
-    pushed: BTreeMap<String, String>,
+    /// Per service, the digest push (or the registry) reported, and the tag it is under.
+    pushed: BTreeMap<String, (String, String)>,
     /// How the run ended so far, for the record: `ok`, `failed` or `rolled-back`, and why.
     result: &'static str,
     error: Option<String>,
@@ -209,9 +209,10 @@ impl<'a> Run<'a> {
             match fact {
                 Fact::Previous(previous) => self.previous = Some(previous),
                 Fact::Digest { service, digest } => {
-                    if let Some(pushed) = self.pushed.get(&service).filter(|p| **p != digest) {
+                    if let Some((pushed, tag)) = self.pushed.get(&service).filter(|p| p.0 != digest)
+                    {
                         bail!(
-                            "the server pulled {service} {digest}, but {pushed} was pushed under this tag: was the tag pushed again by someone else?"
+                            "the server pulled {service} {digest}, but {pushed} was pushed under {tag}: was the tag pushed again by someone else?"
                         );
                     }
                     self.digests.insert(service, digest);
@@ -236,7 +237,8 @@ impl<'a> Run<'a> {
         };
         let pushed = push::push(self.sh, &opts)?;
         for image in pushed {
-            self.pushed.insert(image.name, image.digest);
+            self.pushed
+                .insert(image.name, (image.digest, images.tag.clone()));
         }
         Ok(())
     }
@@ -260,7 +262,8 @@ impl<'a> Run<'a> {
             let repository = format!("{}/{service}", images.repository);
             match client.manifest_digest(&repository, &images.tag)? {
                 Some(digest) => {
-                    self.pushed.insert((*service).to_owned(), digest);
+                    self.pushed
+                        .insert((*service).to_owned(), (digest, images.tag.clone()));
                 }
                 None => missing.push(format!("{}/{repository}:{}", images.registry, images.tag)),
             }

@@ -424,9 +424,10 @@ fn releases_lock_upload_env_switch_and_back_on_a_real_directory() {
     let (ok, out, err) = run(&r.switch("aaaaaaa"));
     assert!(ok, "{err}");
     assert_eq!(out, "previous=\n");
+    assert_eq!(parse_facts(&out), [Fact::Previous(String::new())]);
     let (ok, out, _) = run(&r.switch("bbbbbbb"));
     assert!(ok);
-    assert_eq!(out, "previous=aaaaaaa\n");
+    assert_eq!(parse_facts(&out), [Fact::Previous("aaaaaaa".to_owned())]);
     assert_eq!(link(&base.join("current")), "releases/bbbbbbb");
     for name in ["docker-compose.prod.yml", ".env", "infrastructure"] {
         assert_eq!(link(&base.join(name)), format!("current/{name}"));
@@ -438,7 +439,13 @@ fn releases_lock_upload_env_switch_and_back_on_a_real_directory() {
 
     let (ok, out, err) = run(&r.switch_back("bbbbbbb"));
     assert!(ok, "{err}");
-    assert_eq!(out, "current=aaaaaaa\n");
+    assert_eq!(
+        parse_facts(&out),
+        [Fact::Info {
+            key: "current".to_owned(),
+            value: "aaaaaaa".to_owned()
+        }]
+    );
     assert_eq!(link(&base.join("current")), "releases/aaaaaaa");
     let (ok, _, err) = run(&r.switch_back("aaaaaaa"));
     assert!(!ok && err.contains("no previous release"), "{err}");
