@@ -164,48 +164,6 @@ fn plan_has_the_issue_steps_in_order() {
 }
 
 #[test]
-fn upload_packs_the_compose_file_and_infrastructure() {
-    let upload = pack(
-        &project::root().join(compose::COMPOSE_FILE),
-        &project::root().join("infrastructure"),
-    )
-    .unwrap();
-    let mut archive = tar::Archive::new(upload.tar.as_slice());
-    let names: Vec<String> = archive
-        .entries()
-        .unwrap()
-        .map(|e| e.unwrap().path().unwrap().display().to_string())
-        .collect();
-    assert_eq!(names[0], "docker-compose.prod.yml");
-    assert!(
-        names.contains(&"infrastructure/prometheus/alerts.yml".to_owned()),
-        "{names:?}"
-    );
-    assert_eq!(
-        upload.n_files,
-        names
-            .iter()
-            .filter(|n| !n.ends_with('/') && n.contains('.'))
-            .count()
-    );
-    let again = pack(
-        &project::root().join(compose::COMPOSE_FILE),
-        &project::root().join("infrastructure"),
-    )
-    .unwrap();
-    assert!(
-        again.tar == upload.tar,
-        "the same files packed twice differ"
-    );
-    let err = pack(
-        std::path::Path::new("/nonexistent/compose.yml"),
-        std::path::Path::new("/nonexistent"),
-    )
-    .unwrap_err();
-    assert!(format!("{err:#}").contains("/nonexistent/compose.yml"));
-}
-
-#[test]
 fn compose_file_runs_our_images_from_the_configured_registry() {
     let text = fs::read_to_string(project::root().join(compose::COMPOSE_FILE)).unwrap();
     for service in OWN_SERVICES {
