@@ -4,6 +4,7 @@ mod base_images;
 mod images;
 pub(crate) mod push_checks;
 mod reproducible;
+mod stack;
 
 use xshell::{Shell, cmd};
 
@@ -28,7 +29,7 @@ impl flags::Ci {
         if !self.skip_frontend {
             frontend_steps(sh, &mut steps)?;
         }
-        crate::stack::check(sh, &mut steps)?;
+        stack::check(sh, &mut steps)?;
         if !self.skip_images {
             image_steps(sh, &mut steps)?;
         }

@@ -145,7 +145,7 @@ pub(crate) struct Server {
     #[arg(long, default_value = "/opt/timemanager", value_name = "DIR")]
     pub(crate) remote_dir: String,
     /// Compose project name (tests use their own, to share a Docker engine safely).
-    #[arg(long, default_value = crate::stack::COMPOSE_PROJECT, hide = true)]
+    #[arg(long, default_value = crate::deploy::compose::COMPOSE_PROJECT, hide = true)]
     pub(crate) compose_project: String,
 }
 

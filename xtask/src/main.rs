@@ -15,7 +15,6 @@ mod project;
 mod provision;
 mod push;
 mod registry;
-mod stack;
 mod steps;
 #[cfg(test)]
 mod tidy;

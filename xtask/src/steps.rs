@@ -2,13 +2,20 @@
 
 use std::time::{Duration, Instant};
 
-/// Runs steps in order, stops at the first failure and names it.
+/// Runs steps in order, prints each with its duration, and a summary at the end.
 #[derive(Default)]
 pub(crate) struct Steps {
-    done: Vec<(String, Duration)>,
+    done: Vec<Done>,
+}
+
+struct Done {
+    name: String,
+    elapsed: Duration,
+    ok: bool,
 }
 
 impl Steps {
+    /// Runs a step; a failure prints the summary, names the step and stops the caller.
     pub(crate) fn run<T>(
         &mut self,
         name: &str,
@@ -21,7 +28,7 @@ impl Steps {
         match res {
             Ok(value) => {
                 eprintln!("<== {name} ({})", format_duration(elapsed));
-                self.done.push((name.to_owned(), elapsed));
+                self.push(name, elapsed, true);
                 Ok(value)
             }
             Err(err) => {
@@ -32,28 +39,75 @@ impl Steps {
         }
     }
 
-    pub(crate) fn print_summary(&self) {
-        if self.done.is_empty() {
-            return;
+    /// Runs a step whose failure the caller handles (a deploy goes on to fall back): a failed
+    /// step is kept in the summary, and the summary is left to the caller. The step sees the
+    /// steps before it (a deploy records their durations).
+    pub(crate) fn attempt<T>(
+        &mut self,
+        name: &str,
+        f: impl FnOnce(&Steps) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        eprintln!("==> {name}");
+        let start = Instant::now();
+        let res = f(self);
+        let elapsed = start.elapsed();
+        self.push(name, elapsed, res.is_ok());
+        match res {
+            Ok(value) => {
+                eprintln!("<== {name} ({})", format_duration(elapsed));
+                Ok(value)
+            }
+            Err(err) => {
+                eprintln!("FAILED {name} after {}", format_duration(elapsed));
+                Err(err.context(format!("step `{name}`")))
+            }
         }
-        eprintln!("\nsummary:");
-        let width = self
-            .done
+    }
+
+    fn push(&mut self, name: &str, elapsed: Duration, ok: bool) {
+        self.done.push(Done {
+            name: name.to_owned(),
+            elapsed,
+            ok,
+        });
+    }
+
+    /// Every step run so far, failed ones included, with its duration.
+    pub(crate) fn durations(&self) -> impl Iterator<Item = (&str, Duration)> {
+        self.done
             .iter()
-            .map(|(name, _)| name.len())
-            .max()
-            .unwrap_or(0);
-        let mut total = Duration::ZERO;
-        for (name, elapsed) in &self.done {
-            eprintln!("  ok  {name:<width$}  {:>8}", format_duration(*elapsed));
-            total += *elapsed;
+            .map(|done| (done.name.as_str(), done.elapsed))
+    }
+
+    pub(crate) fn print_summary(&self) {
+        eprint!("{}", self.summary());
+    }
+
+    fn summary(&self) -> String {
+        if self.done.is_empty() {
+            return String::new();
         }
-        eprintln!(
-            "  {:<width$}      {:>8}",
+        let status = |done: &Done| if done.ok { "ok" } else { "FAILED" };
+        let width = self.done.iter().map(|d| d.name.len()).max().unwrap_or(0);
+        let status_width = self.done.iter().map(|d| status(d).len()).max().unwrap_or(0);
+        let mut out = String::from("\nsummary:\n");
+        let mut total = Duration::ZERO;
+        for done in &self.done {
+            out.push_str(&format!(
+                "  {:<status_width$}  {:<width$}  {:>8}\n",
+                status(done),
+                done.name,
+                format_duration(done.elapsed)
+            ));
+            total += done.elapsed;
+        }
+        out.push_str(&format!(
+            "  {:<label_width$}  {:>8}\n",
             "total",
             format_duration(total),
-            width = width
-        );
+            label_width = status_width + 2 + width
+        ));
+        out
     }
 }
 
@@ -79,6 +133,32 @@ mod tests {
             .unwrap_err();
         assert_eq!(format!("{err:#}"), "step `second` failed: boom");
         assert_eq!(steps.done.len(), 1);
+    }
+
+    #[test]
+    fn attempted_steps_are_summarised_with_their_result() {
+        let mut steps = Steps::default();
+        steps.attempt("upload", |_| Ok(())).unwrap();
+        let err = steps
+            .attempt::<()>("health gate", |_| anyhow::bail!("unhealthy"))
+            .unwrap_err();
+        assert_eq!(format!("{err:#}"), "step `health gate`: unhealthy");
+        let summary = steps.summary();
+        let lines: Vec<&str> = summary.lines().collect();
+        assert_eq!(lines[1], "summary:");
+        assert!(lines[2].starts_with("  ok      upload       "), "{summary}");
+        assert!(lines[3].starts_with("  FAILED  health gate  "), "{summary}");
+        assert!(lines[4].starts_with("  total                "), "{summary}");
+        assert_eq!(steps.durations().count(), 2);
+    }
+
+    #[test]
+    fn a_summary_of_successes_keeps_its_columns() {
+        let mut steps = Steps::default();
+        steps.run("fmt", || Ok(())).unwrap();
+        let summary = steps.summary();
+        assert!(summary.contains("\n  ok  fmt  "), "{summary}");
+        assert!(summary.contains("\n  total      "), "{summary}");
     }
 
     #[test]

@@ -8,11 +8,19 @@ use xshell::Shell;
 
 use crate::deploy::{
     plan::Gate,
-    scripts::Remote,
+    scripts::{CONTAINER_STATES, Script, ServerScripts},
     ssh::{Session, Stdout},
 };
 
-/// One container, as `Remote::container_states` prints it.
+impl ServerScripts {
+    /// One line per container of the project, as [`parse_states`] reads it: service, state,
+    /// health, restarts, image, separated by tabs.
+    pub(crate) fn container_states(&self) -> Script {
+        self.wrap(&Script::new(), CONTAINER_STATES, false)
+    }
+}
+
+/// One container, as `ServerScripts::container_states` prints it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Container {
     pub(crate) service: String,
@@ -91,12 +99,12 @@ pub(crate) fn judge(containers: &[Container], services: &[String]) -> Verdict {
 pub(crate) fn wait(
     sh: &Shell,
     session: &Session,
-    remote: &Remote,
+    scripts: &ServerScripts,
     gate: &Gate,
 ) -> anyhow::Result<Duration> {
     let start = Instant::now();
     let deadline = start + gate.timeout;
-    let states = remote.container_states();
+    let states = scripts.container_states();
     let mut last_report = Instant::now();
     loop {
         let output = session.run(sh, "reading container health", &states, Stdout::Capture)?;
@@ -170,6 +178,40 @@ mod tests {
         assert_eq!(states.len(), 2);
         assert_eq!(states[1].restarts, 2);
         assert_eq!(states[0].image, "ghcr.io/o/r/backend:abc1234");
+    }
+
+    /// The script run for real, with a `docker` on PATH that answers like Docker would for
+    /// two containers, read by the parser.
+    #[test]
+    fn the_states_script_prints_what_the_parser_reads() {
+        let fake = crate::deploy::scripts::tests::FakeDocker::new("states");
+        let scripts = ServerScripts::read_only("/nonexistent", "timemanager");
+        let out = fake.run(&scripts.container_states());
+        assert!(out.ok, "{}", out.stderr);
+        let states = parse_states(&out.stdout);
+        assert_eq!(
+            states,
+            [
+                Container {
+                    service: "backend".to_owned(),
+                    state: "running".to_owned(),
+                    health: "healthy".to_owned(),
+                    restarts: 0,
+                    image: "ghcr.io/o/r/backend:abc1234".to_owned(),
+                },
+                Container {
+                    service: "frontend".to_owned(),
+                    state: "restarting".to_owned(),
+                    health: "starting".to_owned(),
+                    restarts: 3,
+                    image: "ghcr.io/o/r/frontend:abc1234".to_owned(),
+                },
+            ]
+        );
+        assert!(
+            fake.calls()
+                .contains("ps -aq --filter label=com.docker.compose.project=timemanager")
+        );
     }
 
     #[test]

@@ -3,106 +3,11 @@
 
 use std::{fmt::Write as _, time::Duration};
 
-use crate::deploy::secrets::Secret;
-
-/// A bash script for the server, sent over ssh's stdin (never as an argument).
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Script {
-    parts: Vec<Part>,
-}
-
-#[derive(Debug, Clone)]
-enum Part {
-    Text(String),
-    /// A secret value, only ever inside a quoted here-document.
-    Secret {
-        name: String,
-        value: Secret,
-    },
-    /// Bulk data such as a base64 tar archive, summarised when printed.
-    Data {
-        summary: String,
-        text: String,
-    },
-}
-
-impl Script {
-    pub(crate) fn new() -> Script {
-        Script::default()
-    }
-
-    pub(crate) fn text(&mut self, text: impl AsRef<str>) -> &mut Script {
-        match self.parts.last_mut() {
-            Some(Part::Text(last)) => last.push_str(text.as_ref()),
-            _ => self.parts.push(Part::Text(text.as_ref().to_owned())),
-        }
-        self
-    }
-
-    pub(crate) fn line(&mut self, text: impl AsRef<str>) -> &mut Script {
-        self.text(text).text("\n")
-    }
-
-    pub(crate) fn secret(&mut self, name: &str, value: &Secret) -> &mut Script {
-        self.parts.push(Part::Secret {
-            name: name.to_owned(),
-            value: value.clone(),
-        });
-        self
-    }
-
-    pub(crate) fn data(&mut self, summary: String, text: String) -> &mut Script {
-        self.parts.push(Part::Data { summary, text });
-        self
-    }
-
-    pub(crate) fn append(&mut self, other: &Script) -> &mut Script {
-        for part in &other.parts {
-            match part {
-                Part::Text(text) => {
-                    self.text(text);
-                }
-                other => self.parts.push(other.clone()),
-            }
-        }
-        self
-    }
-
-    #[cfg(test)]
-    pub(crate) fn has_secrets(&self) -> bool {
-        self.parts
-            .iter()
-            .any(|part| matches!(part, Part::Secret { .. }))
-    }
-
-    /// The script as the server receives it.
-    pub(crate) fn render(&self) -> String {
-        self.parts
-            .iter()
-            .map(|part| match part {
-                Part::Text(text) | Part::Data { text, .. } => text.as_str(),
-                Part::Secret { value, .. } => value.expose(),
-            })
-            .collect()
-    }
-
-    /// The script as people see it: secrets and bulk data replaced by placeholders.
-    pub(crate) fn masked(&self) -> String {
-        let mut out = String::new();
-        for part in &self.parts {
-            match part {
-                Part::Text(text) => out.push_str(text),
-                Part::Secret { name, .. } => {
-                    let _ = write!(out, "<secret {name}>");
-                }
-                Part::Data { summary, .. } => {
-                    let _ = writeln!(out, "<{summary}>");
-                }
-            }
-        }
-        out
-    }
-}
+use crate::deploy::{
+    scripts::{ImageLine, Script, ServerScripts},
+    settings::{Credentials, OWN_SERVICES, ReleaseSettings},
+    upload::Upload,
+};
 
 /// One named, timed step of a deploy.
 #[derive(Debug)]
@@ -121,20 +26,31 @@ pub(crate) enum Action {
     Lock(Script),
     /// Polls the services' container health on the server and the health URL from here.
     HealthGate(Gate),
-    /// Appends the JSON line of this run to `releases.jsonl` (written when the run ends).
-    Record,
+    /// Appends the JSON line of this run to `releases.jsonl` and marks the release's result:
+    /// built when it runs, from the steps before it.
+    Record { kind: &'static str, tag: String },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) enum Local {
-    /// Preflight: every setting is present (before anything else).
-    CheckSettings,
     /// `image::build` then push both images under the tag.
-    BuildAndPush,
+    BuildAndPush(Images),
     /// The tag's manifests exist in the registry (with `--no-push`).
-    CheckRegistry,
+    CheckRegistry(Images),
     /// Opens the one ssh connection (ControlMaster) all later steps share.
     Connect,
+}
+
+/// The images of a deploy: where they are pushed, or checked with `--no-push`.
+#[derive(Debug, Clone)]
+pub(crate) struct Images {
+    /// `ghcr.io`, or a test registry's `127.0.0.1:PORT`.
+    pub(crate) registry: String,
+    /// `owner/repo`: the images are `REGISTRY/owner/repo/SERVICE:TAG`.
+    pub(crate) repository: String,
+    pub(crate) tag: String,
+    pub(crate) credentials: Option<Credentials>,
+    pub(crate) insecure_registries: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -145,8 +61,12 @@ pub(crate) struct Gate {
 }
 
 /// The steps of a deploy or rollback, by phase.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Plan {
+    /// `deploy` or `rollback`, as the record and the messages name it.
+    pub(crate) kind: &'static str,
+    /// The release that becomes current.
+    pub(crate) tag: String,
     /// Shown once by `--dry-run`: every remote script starts with it.
     pub(crate) prelude: String,
     /// Before the switch: a failure here changes nothing that runs.
@@ -215,14 +135,10 @@ impl Plan {
 
 fn describe_action(action: &Action) -> String {
     match action {
-        Action::Local(Local::CheckSettings) => {
-            "(local) check that every setting is present; list all missing ones at once\n"
-                .to_owned()
-        }
-        Action::Local(Local::BuildAndPush) => {
+        Action::Local(Local::BuildAndPush(_)) => {
             "(local) `cargo xtask build`, then push both images under the tag (the registry skips blobs it has)\n".to_owned()
         }
-        Action::Local(Local::CheckRegistry) => {
+        Action::Local(Local::CheckRegistry(_)) => {
             "(local) check that the registry has a manifest for each image under the tag\n"
                 .to_owned()
         }
@@ -240,7 +156,7 @@ fn describe_action(action: &Action) -> String {
             gate.services.join(", "),
             if gate.url.is_empty() { "<no health URL>" } else { &gate.url }
         ),
-        Action::Record => {
+        Action::Record { .. } => {
             "append {time, tag, kind, result, previous, digests, by, step durations} as one line to releases.jsonl; mark the release ok or failed\n".to_owned()
         }
     }
@@ -258,65 +174,136 @@ fn indent(text: &str) -> String {
         .collect()
 }
 
-/// Quotes a value for bash: single quotes, with `'` written as `'\''`.
-pub(crate) fn quote(value: &str) -> String {
-    if !value.is_empty()
-        && value.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-' | b':' | b'@' | b'=')
+/// The whole deploy, as data.
+pub(crate) fn deploy_plan(
+    scripts: &ServerScripts,
+    release: &ReleaseSettings,
+    upload: &Upload,
+    gate: &Gate,
+    push: bool,
+    insecure_registries: &[String],
+    holder: &str,
+) -> Plan {
+    let tag = &release.tag;
+    let lines: Vec<ImageLine> = OWN_SERVICES
+        .iter()
+        .map(|service| ImageLine {
+            service: (*service).to_owned(),
+            reference: release.image_ref(service),
+            repository: release.repository_of(service),
         })
-    {
-        return value.to_owned();
+        .collect();
+    let images = Images {
+        registry: release.registry.clone(),
+        repository: release.repository.clone(),
+        tag: tag.clone(),
+        credentials: release.credentials.clone(),
+        insecure_registries: insecure_registries.to_vec(),
+    };
+    let images = if push {
+        step(
+            "build and push images",
+            Action::Local(Local::BuildAndPush(images)),
+        )
+    } else {
+        step(
+            "preflight: images in the registry",
+            Action::Local(Local::CheckRegistry(images)),
+        )
+    };
+    Plan {
+        kind: "deploy",
+        tag: tag.clone(),
+        prelude: scripts.prelude(),
+        prepare: vec![
+            images,
+            step("connect", Action::Local(Local::Connect)),
+            step("preflight: server", Action::Remote(scripts.probe())),
+            step("lock", Action::Lock(scripts.lock(holder))),
+            step(
+                "upload release files",
+                Action::Remote(scripts.upload(tag, &upload.tar, upload.n_files)),
+            ),
+            step(
+                "write .env",
+                Action::Remote(scripts.write_env(tag, &release.env, &release.profiles)),
+            ),
+            step(
+                "registry login and pull",
+                Action::Remote(scripts.pull(
+                    tag,
+                    &release.registry,
+                    release.credentials.as_ref(),
+                    &lines,
+                )),
+            ),
+        ],
+        activate: activation(scripts, tag, &release.profiles, gate),
+        fall_back: fall_back(scripts, tag, gate),
+        after_success: vec![step("cleanup", Action::Remote(scripts.cleanup()))],
+        finish: vec![record("deploy", tag)],
     }
-    format!("'{}'", value.replace('\'', r"'\''"))
 }
 
-/// Base64 in 76-character lines, for binary data inside a here-document (`base64 -d`).
-pub(crate) fn base64(data: &[u8]) -> String {
-    let encoded = crate::registry::base64::encode(data);
-    let mut out = String::with_capacity(encoded.len() + encoded.len() / 76 + 1);
-    for line in encoded.as_bytes().chunks(76) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
+/// A rollback to `tag`, a release the server still has.
+pub(crate) fn rollback_plan(
+    scripts: &ServerScripts,
+    tag: &str,
+    ensure_images: Script,
+    gate: &Gate,
+) -> Plan {
+    Plan {
+        kind: "rollback",
+        tag: tag.to_owned(),
+        prelude: scripts.prelude(),
+        prepare: vec![step("images of the release", Action::Remote(ensure_images))],
+        activate: activation(scripts, tag, &[], gate),
+        fall_back: fall_back(scripts, tag, gate),
+        after_success: Vec::new(),
+        finish: vec![record("rollback", tag)],
     }
-    out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+fn activation(scripts: &ServerScripts, tag: &str, profiles: &[String], gate: &Gate) -> Vec<Step> {
+    vec![
+        step("switch current", Action::Remote(scripts.switch(tag))),
+        step("start", Action::Remote(scripts.start(profiles))),
+        step("health gate", Action::HealthGate(gate.clone())),
+    ]
+}
 
-    #[test]
-    fn secrets_are_rendered_for_the_server_and_masked_for_people() {
-        let mut script = Script::new();
-        script
-            .line("cat <<'EOF'")
-            .text("PASSWORD='")
-            .secret("POSTGRES_PASSWORD", &Secret::new("s3cret"))
-            .line("'")
-            .line("EOF");
-        assert!(script.has_secrets());
-        assert_eq!(script.render(), "cat <<'EOF'\nPASSWORD='s3cret'\nEOF\n");
-        assert_eq!(
-            script.masked(),
-            "cat <<'EOF'\nPASSWORD='<secret POSTGRES_PASSWORD>'\nEOF\n"
-        );
-    }
+fn fall_back(scripts: &ServerScripts, tag: &str, gate: &Gate) -> Vec<Step> {
+    vec![
+        step(
+            "logs of the failing services",
+            Action::Remote(scripts.failing_logs(&gate.services, 40)),
+        ),
+        step("switch back", Action::Remote(scripts.switch_back(tag))),
+        // The previous release's own `.env` says which profiles it ran with.
+        step(
+            "start the previous release",
+            Action::Remote(scripts.start(&[])),
+        ),
+        step(
+            "health gate (previous release)",
+            Action::HealthGate(gate.clone()),
+        ),
+    ]
+}
 
-    #[test]
-    fn quoting() {
-        assert_eq!(quote("/opt/timemanager"), "/opt/timemanager");
-        assert_eq!(quote("a b"), "'a b'");
-        assert_eq!(quote("it's"), r"'it'\''s'");
-        assert_eq!(quote("$(rm -rf /)"), "'$(rm -rf /)'");
-        assert_eq!(quote(""), "''");
-    }
+fn record(kind: &'static str, tag: &str) -> Step {
+    step(
+        "record",
+        Action::Record {
+            kind,
+            tag: tag.to_owned(),
+        },
+    )
+}
 
-    #[test]
-    fn base64_is_wrapped_like_coreutils() {
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy\n");
-        let long = base64(&[0xff; 60]);
-        assert_eq!(long.lines().next().unwrap().len(), 76);
-        assert_eq!(long.lines().count(), 2);
-        assert_eq!(base64(b""), "");
+pub(crate) fn step(name: &str, action: Action) -> Step {
+    Step {
+        name: name.to_owned(),
+        action,
     }
 }

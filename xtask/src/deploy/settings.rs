@@ -4,9 +4,11 @@
 use std::path::PathBuf;
 
 use crate::{
-    deploy::secrets::{Redactor, Secret},
+    deploy::{
+        compose::ENV_VARS,
+        secrets::{Redactor, Secret},
+    },
     flags,
-    stack::ENV_VARS,
 };
 
 /// Reads one environment variable; empty counts as unset (CI renders a missing secret as "").
@@ -196,7 +198,7 @@ impl ReleaseSettings {
     }
 }
 
-/// Reads the release's settings: every variable of `stack::ENV_VARS`, the registry
+/// Reads the release's settings: every variable of `compose::ENV_VARS`, the registry
 /// credentials and the health URL.
 pub(crate) fn release(
     tag: &str,

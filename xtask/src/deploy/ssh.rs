@@ -18,7 +18,7 @@ use anyhow::{Context, bail};
 use xshell::{Shell, cmd};
 
 use crate::deploy::{
-    plan::Script,
+    scripts::Script,
     secrets::Redactor,
     settings::{HostKeys, Identity, Target},
 };

@@ -16,8 +16,8 @@ use crate::deploy::{
     settings::{Credentials, EnvLine, EnvValue},
 };
 
-fn remote(base: &str) -> Remote {
-    Remote {
+fn remote(base: &str) -> ServerScripts {
+    ServerScripts {
         base: base.to_owned(),
         project: "timemanager".to_owned(),
         run_id: "0123456789abcdef".to_owned(),
@@ -113,13 +113,40 @@ fn every_script_is_valid_bash() {
     }
 }
 
-/// shellcheck, when installed (`cargo xtask ci` installs it for actionlint).
+/// shellcheck on the files as editors see them, and on every script as the server gets it.
+/// A missing shellcheck fails: `cargo xtask ci` installs it before the tests.
 #[test]
 fn every_script_passes_shellcheck() {
     let sh = Shell::new().unwrap();
-    if crate::provision::find_program("shellcheck").is_none() {
-        eprintln!("shellcheck is not installed: skipped");
-        return;
+    assert!(
+        crate::provision::find_program("shellcheck").is_some(),
+        "shellcheck is not installed: `apt-get install shellcheck`"
+    );
+    let dir = crate::project::root().join("xtask/src/deploy/scripts");
+    for (name, text) in FILES {
+        let path = dir.join(name);
+        assert_eq!(
+            &std::fs::read_to_string(&path).unwrap(),
+            text,
+            "{} is not the file compiled in",
+            path.display()
+        );
+        // SC2154 (variable never assigned): Rust prepends the values a file reads, and
+        // the whole scripts below are checked with them.
+        let out = cmd!(
+            sh,
+            "shellcheck --shell=bash --severity=warning --exclude=SC2154 {path}"
+        )
+        .quiet()
+        .ignore_status()
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "shellcheck on {}:\n{}",
+            path.display(),
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
     for (name, script) in all_scripts() {
         let out = cmd!(sh, "shellcheck --shell=bash --severity=warning -")
@@ -165,9 +192,7 @@ fn secrets_are_only_inside_quoted_here_documents_and_masked_for_display() {
         // A cut connection must not run half a script: `main` is the last line.
         let last = rendered.lines().last().unwrap();
         assert!(
-            last == "main </dev/null"
-                || (name == "lock" && last == "main")
-                || name == "server setup",
+            last == "main </dev/null" || (name == "lock" && last == "main"),
             "`{name}` ends with `{last}`"
         );
     }
@@ -204,6 +229,75 @@ fn run(script: &Script) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A `docker` on PATH that answers like Docker would for two containers of the project and
+/// a pull, and logs its arguments: remote scripts run for real without a Docker engine.
+pub(crate) struct FakeDocker {
+    dir: PathBuf,
+}
+
+pub(crate) struct Output {
+    pub(crate) ok: bool,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+const FAKE_DOCKER: &str = r#"#!/bin/bash
+printf '%s\n' "$*" >>"${0%/*}/calls"
+case "$1 $2" in
+  "compose version") echo "Docker Compose version v2.27.0" ;;
+  "version --format") echo 27.0.1 ;;
+  "ps -aq") printf 'c1\nc2\n' ;;
+  "inspect --format")
+    printf 'backend\trunning\thealthy\t0\tghcr.io/o/r/backend:abc1234\n'
+    printf 'frontend\trestarting\tstarting\t3\tghcr.io/o/r/frontend:abc1234\n'
+    ;;
+  "image inspect") ref=${!#} && printf '%s@sha256:feed\n' "${ref%:*}" ;;
+  "login "*) cat >/dev/null ;;
+  "compose -p" | "logout "*) ;;
+  *) echo "fake docker: unexpected $*" >&2 && exit 1 ;;
+esac
+"#;
+
+impl FakeDocker {
+    pub(crate) fn new(name: &str) -> FakeDocker {
+        let dir = std::env::temp_dir().join(format!("xtask-docker-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let docker = dir.join("docker");
+        std::fs::write(&docker, FAKE_DOCKER).unwrap();
+        std::fs::set_permissions(&docker, std::fs::Permissions::from_mode(0o755)).unwrap();
+        FakeDocker { dir }
+    }
+
+    pub(crate) fn run(&self, script: &Script) -> Output {
+        let sh = Shell::new().unwrap();
+        let path = format!("{}:{}", self.dir.display(), std::env::var("PATH").unwrap());
+        let out = cmd!(sh, "bash -s")
+            .env("PATH", path)
+            .stdin(script.render())
+            .quiet()
+            .ignore_status()
+            .output()
+            .unwrap();
+        Output {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Every call, one line each.
+    pub(crate) fn calls(&self) -> String {
+        std::fs::read_to_string(self.dir.join("calls")).unwrap_or_default()
+    }
+}
+
+impl Drop for FakeDocker {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
@@ -290,7 +384,7 @@ fn releases_lock_upload_env_switch_and_back_on_a_real_directory() {
     );
 
     let held = hold_lock(&r.lock("tester (deploy of aaaaaaa)")).unwrap();
-    let other = Remote {
+    let other = ServerScripts {
         run_id: "fedcba9876543210".to_owned(),
         ..r.clone()
     };
@@ -330,9 +424,10 @@ fn releases_lock_upload_env_switch_and_back_on_a_real_directory() {
     let (ok, out, err) = run(&r.switch("aaaaaaa"));
     assert!(ok, "{err}");
     assert_eq!(out, "previous=\n");
+    assert_eq!(parse_facts(&out), [Fact::Previous(String::new())]);
     let (ok, out, _) = run(&r.switch("bbbbbbb"));
     assert!(ok);
-    assert_eq!(out, "previous=aaaaaaa\n");
+    assert_eq!(parse_facts(&out), [Fact::Previous("aaaaaaa".to_owned())]);
     assert_eq!(link(&base.join("current")), "releases/bbbbbbb");
     for name in ["docker-compose.prod.yml", ".env", "infrastructure"] {
         assert_eq!(link(&base.join(name)), format!("current/{name}"));
@@ -344,7 +439,13 @@ fn releases_lock_upload_env_switch_and_back_on_a_real_directory() {
 
     let (ok, out, err) = run(&r.switch_back("bbbbbbb"));
     assert!(ok, "{err}");
-    assert_eq!(out, "current=aaaaaaa\n");
+    assert_eq!(
+        parse_facts(&out),
+        [Fact::Info {
+            key: "current".to_owned(),
+            value: "aaaaaaa".to_owned()
+        }]
+    );
     assert_eq!(link(&base.join("current")), "releases/aaaaaaa");
     let (ok, _, err) = run(&r.switch_back("aaaaaaa"));
     assert!(!ok && err.contains("no previous release"), "{err}");
@@ -358,7 +459,7 @@ fn releases_lock_upload_env_switch_and_back_on_a_real_directory() {
 
     let (ok, out, _) = run(&r.list_releases());
     assert!(ok);
-    let releases = crate::deploy::parse_releases(&out);
+    let releases = crate::deploy::releases::parse_releases(&out);
     assert_eq!(releases.current, "aaaaaaa");
     assert_eq!(releases.domain, "tm.example.com");
     assert_eq!(releases.lock.as_deref(), Some("tester (deploy of aaaaaaa)"));
@@ -392,7 +493,7 @@ fn a_killed_lock_holder_leaves_no_lock() {
     let mut held = hold_lock(&r.lock("doomed")).unwrap();
     held.child.kill().unwrap();
     held.child.wait().unwrap();
-    let next = Remote {
+    let next = ServerScripts {
         run_id: "1111111111111111".to_owned(),
         ..r.clone()
     };
@@ -404,4 +505,108 @@ fn a_killed_lock_holder_leaves_no_lock() {
     );
     drop(again);
     std::fs::remove_dir_all(base.parent().unwrap()).unwrap();
+}
+
+#[test]
+fn secrets_are_rendered_for_the_server_and_masked_for_people() {
+    let mut script = Script::new();
+    script
+        .line("cat <<'EOF'")
+        .text("PASSWORD='")
+        .secret("POSTGRES_PASSWORD", &Secret::new("s3cret"))
+        .line("'")
+        .line("EOF");
+    assert!(script.has_secrets());
+    assert_eq!(script.render(), "cat <<'EOF'\nPASSWORD='s3cret'\nEOF\n");
+    assert_eq!(
+        script.masked(),
+        "cat <<'EOF'\nPASSWORD='<secret POSTGRES_PASSWORD>'\nEOF\n"
+    );
+}
+
+#[test]
+fn quoting() {
+    assert_eq!(quote("/opt/timemanager"), "/opt/timemanager");
+    assert_eq!(quote("a b"), "'a b'");
+    assert_eq!(quote("it's"), r"'it'\''s'");
+    assert_eq!(quote("$(rm -rf /)"), "'$(rm -rf /)'");
+    assert_eq!(quote(""), "''");
+}
+
+#[test]
+fn base64_is_wrapped_like_coreutils() {
+    assert_eq!(base64(b"foobar"), "Zm9vYmFy\n");
+    let long = base64(&[0xff; 60]);
+    assert_eq!(long.lines().next().unwrap().len(), 76);
+    assert_eq!(long.lines().count(), 2);
+    assert_eq!(base64(b""), "");
+}
+
+/// The probe and the pull run for real (a fake `docker`), their facts read by `parse_facts`.
+#[test]
+fn probe_and_pull_print_the_facts_the_deploy_reads() {
+    let fake = FakeDocker::new("facts");
+    let base = temp_base("facts");
+    let r = remote(&base.display().to_string());
+    std::fs::create_dir_all(base.join("releases/abc1234")).unwrap();
+    let out = fake.run(&r.probe());
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(
+        parse_facts(&out.stdout),
+        [
+            Fact::Info {
+                key: "docker".to_owned(),
+                value: "27.0.1".to_owned()
+            },
+            Fact::Info {
+                key: "compose".to_owned(),
+                value: "docker compose".to_owned()
+            },
+            Fact::Info {
+                key: "current".to_owned(),
+                value: String::new()
+            },
+        ]
+    );
+
+    let held = hold_lock(&r.lock("tester")).unwrap();
+    let out = fake.run(&r.pull("abc1234", "ghcr.io", Some(&credentials()), &images()));
+    assert!(out.ok, "{}", out.stderr);
+    let digest = |service: &str| Fact::Digest {
+        service: service.to_owned(),
+        digest: "sha256:feed".to_owned(),
+    };
+    assert_eq!(
+        parse_facts(&out.stdout),
+        [digest("backend"), digest("frontend")]
+    );
+    assert_eq!(
+        std::fs::read_to_string(base.join("releases/abc1234/images")).unwrap(),
+        "backend\tghcr.io/o/r/backend:abc1234\tsha256:feed\n\
+         frontend\tghcr.io/o/r/frontend:abc1234\tsha256:feed\n"
+    );
+    let calls = fake.calls();
+    assert!(
+        calls.contains("login ghcr.io --username octocat --password-stdin")
+            && !calls.contains("ghp_registrytoken123"),
+        "{calls}"
+    );
+    assert!(calls.contains("logout ghcr.io"), "{calls}");
+    assert!(calls.contains(" pull --quiet backend frontend"), "{calls}");
+    drop(held);
+    std::fs::remove_dir_all(base.parent().unwrap()).unwrap();
+}
+
+#[test]
+fn facts_are_read_from_their_lines_only() {
+    assert_eq!(
+        parse_facts("previous=aaaaaaa\nnoise=1\nsaid something\ncurrent=bbbbbbb\n"),
+        [
+            Fact::Previous("aaaaaaa".to_owned()),
+            Fact::Info {
+                key: "current".to_owned(),
+                value: "bbbbbbb".to_owned()
+            },
+        ]
+    );
 }

@@ -1,4 +1,6 @@
-//! Checks of the production stack: docker-compose.prod.yml, infrastructure/ and the GitHub workflows.
+//! Checks of the production stack with real tools: docker-compose.prod.yml (docker-compose
+//! config), infrastructure/ (promtool, yamllint, jq) and the GitHub workflows (actionlint, and
+//! only `cargo xtask` commands that exist).
 
 use std::{
     fs,
@@ -6,114 +8,16 @@ use std::{
 };
 
 use anyhow::{Context, ensure};
+use clap::CommandFactory;
 use xshell::{Cmd, Shell, cmd};
 
 use crate::{
+    deploy::compose::{COMPOSE_FILE, COMPOSE_PROJECT, ENV_VARS, EnvVar},
+    flags::Xtask,
     project,
     provision::{self, Need},
     steps::Steps,
 };
-
-pub(crate) const COMPOSE_FILE: &str = "docker-compose.prod.yml";
-
-/// The compose project name the deploy uses, so volumes survive new release directories.
-pub(crate) const COMPOSE_PROJECT: &str = "timemanager";
-
-/// One variable docker-compose.prod.yml interpolates, i.e. one line of the `.env` the deploy writes.
-#[derive(Debug)]
-pub(crate) struct EnvVar {
-    pub(crate) name: &'static str,
-    /// `Some` for `${NAME:-default}` (optional), `None` for `${NAME}` (required).
-    pub(crate) default: Option<&'static str>,
-    /// Comes from a CI secret; never printed, never in argv.
-    pub(crate) secret: bool,
-}
-
-/// Every variable of docker-compose.prod.yml; `compose_variables_match_env_vars` keeps the two in sync.
-pub(crate) const ENV_VARS: &[EnvVar] = &[
-    EnvVar {
-        name: "DOMAIN",
-        default: None,
-        secret: false,
-    },
-    EnvVar {
-        name: "ACME_EMAIL",
-        default: None,
-        secret: false,
-    },
-    // The registry host of our images: GHCR in production, a loopback registry in tests.
-    EnvVar {
-        name: "REGISTRY",
-        default: Some("ghcr.io"),
-        secret: false,
-    },
-    EnvVar {
-        name: "GITHUB_REPOSITORY",
-        default: None,
-        secret: false,
-    },
-    EnvVar {
-        name: "IMAGE_TAG",
-        default: None,
-        secret: false,
-    },
-    EnvVar {
-        name: "POSTGRES_USER",
-        default: Some("timemanager"),
-        secret: false,
-    },
-    EnvVar {
-        name: "POSTGRES_DB",
-        default: Some("timemanager"),
-        secret: false,
-    },
-    EnvVar {
-        name: "POSTGRES_PASSWORD",
-        default: None,
-        secret: true,
-    },
-    EnvVar {
-        name: "RUST_LOG",
-        default: Some("info"),
-        secret: false,
-    },
-    EnvVar {
-        name: "SMTP_HOST",
-        default: Some(""),
-        secret: false,
-    },
-    EnvVar {
-        name: "SMTP_PASSWORD",
-        default: Some(""),
-        secret: true,
-    },
-    EnvVar {
-        name: "GRAFANA_USER",
-        default: Some("admin"),
-        secret: false,
-    },
-    EnvVar {
-        name: "GRAFANA_PASSWORD",
-        default: None,
-        secret: true,
-    },
-];
-
-/// The `cargo xtask` subcommands workflows may call (some arrive with later stages).
-pub(crate) const KNOWN_COMMANDS: &[&str] = &[
-    "ci",
-    "build",
-    "push",
-    "deploy",
-    "rollback",
-    "releases",
-    "status",
-    "logs",
-    "e2e",
-    "bench",
-    "server-setup",
-    "base",
-];
 
 const DOCKER_COMPOSE: Need = Need {
     program: "docker-compose",
@@ -348,14 +252,23 @@ fn workflow_files() -> Vec<PathBuf> {
     ))
 }
 
-/// Workflows may only call `cargo xtask` subcommands that exist or are planned.
+/// The `cargo xtask` subcommands, as clap knows them.
+fn known_commands() -> Vec<String> {
+    Xtask::command()
+        .get_subcommands()
+        .map(|command| command.get_name().to_owned())
+        .collect()
+}
+
+/// Workflows may only call `cargo xtask` subcommands that exist.
 fn check_workflow_commands(workflows: &[PathBuf]) -> anyhow::Result<()> {
+    let known = known_commands();
     let mut unknown = Vec::new();
     for workflow in workflows {
         let text = fs::read_to_string(project::root().join(workflow))
             .with_context(|| format!("reading {}", workflow.display()))?;
         for command in xtask_calls(&text) {
-            if !KNOWN_COMMANDS.contains(&command) {
+            if !known.iter().any(|name| name == command) {
                 unknown.push(format!("{}: cargo xtask {command}", workflow.display()));
             }
         }
@@ -363,7 +276,7 @@ fn check_workflow_commands(workflows: &[PathBuf]) -> anyhow::Result<()> {
     ensure!(
         unknown.is_empty(),
         "unknown xtask commands (known: {}):\n  {}",
-        KNOWN_COMMANDS.join(", "),
+        known.join(", "),
         unknown.join("\n  ")
     );
     Ok(())
@@ -448,115 +361,7 @@ fn relative(paths: &[PathBuf]) -> Vec<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
     use super::*;
-
-    /// A `${NAME}`, `${NAME:-default}`, `${NAME:?message}` or `$NAME` in a compose file.
-    #[derive(Debug, PartialEq)]
-    struct VarRef<'a> {
-        name: &'a str,
-        default: Option<&'a str>,
-    }
-
-    /// The references compose interpolates: `$$` is an escaped `$`.
-    fn var_refs(text: &str) -> Vec<VarRef<'_>> {
-        let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
-        let mut refs = Vec::new();
-        let mut rest = text;
-        while let Some(at) = rest.find('$') {
-            let after = &rest[at + 1..];
-            if let Some(tail) = after.strip_prefix('$') {
-                rest = tail;
-            } else if let Some(body) = after.strip_prefix('{') {
-                let end = body.find('}').expect("unclosed `${`");
-                let inner = &body[..end];
-                let name_end = inner.find(|c| !is_name(c)).unwrap_or(inner.len());
-                let (name, op) = inner.split_at(name_end);
-                let default = op.strip_prefix(":-").or_else(|| op.strip_prefix('-'));
-                refs.push(VarRef { name, default });
-                rest = &body[end + 1..];
-            } else {
-                let name_end = after.find(|c| !is_name(c)).unwrap_or(after.len());
-                if name_end > 0 {
-                    refs.push(VarRef {
-                        name: &after[..name_end],
-                        default: None,
-                    });
-                }
-                rest = &after[name_end..];
-            }
-        }
-        refs
-    }
-
-    /// Compose interpolates values, not comments.
-    fn without_comments(text: &str) -> String {
-        text.lines()
-            .filter(|line| !line.trim_start().starts_with('#'))
-            .map(|line| line.split_once(" #").map_or(line, |(code, _)| code))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    #[test]
-    fn compose_variables_match_env_vars() {
-        let text = fs::read_to_string(project::root().join(COMPOSE_FILE)).unwrap();
-        let text = without_comments(&text);
-        let refs = var_refs(&text);
-        let used: BTreeSet<&str> = refs.iter().map(|var| var.name).collect();
-        let listed: BTreeSet<&str> = ENV_VARS.iter().map(|var| var.name).collect();
-        assert_eq!(
-            listed.len(),
-            ENV_VARS.len(),
-            "ENV_VARS lists a variable twice"
-        );
-        assert_eq!(
-            used, listed,
-            "the variables of {COMPOSE_FILE} (left) and ENV_VARS (right) differ"
-        );
-        for found in &refs {
-            let var = env_var(found.name).unwrap();
-            assert_eq!(
-                found.default, var.default,
-                "`{}` has default {:?} in {COMPOSE_FILE} but {:?} in ENV_VARS (every use must agree)",
-                found.name, found.default, var.default
-            );
-        }
-    }
-
-    #[test]
-    fn finds_every_form_of_reference_and_skips_escapes() {
-        let refs =
-            var_refs("a: ${A}\nb: ${B:-x y}/${C-}\nc: $${NOT} $$NOT2 ${D:?D is required} $E.");
-        let expected = [
-            VarRef {
-                name: "A",
-                default: None,
-            },
-            VarRef {
-                name: "B",
-                default: Some("x y"),
-            },
-            VarRef {
-                name: "C",
-                default: Some(""),
-            },
-            VarRef {
-                name: "D",
-                default: None,
-            },
-            VarRef {
-                name: "E",
-                default: None,
-            },
-        ];
-        assert_eq!(refs, expected);
-        assert_eq!(
-            without_comments("# ${X}\na: 1 # ${Y}\nb: ${Z}"),
-            "a: 1\nb: ${Z}"
-        );
-    }
 
     #[test]
     fn workflows_call_only_known_xtask_commands() {
@@ -576,6 +381,15 @@ mod tests {
             "no workflow runs `cargo xtask ci`: {calls:?}"
         );
         check_workflow_commands(&workflows).unwrap();
+    }
+
+    #[test]
+    fn known_commands_are_clap_subcommands() {
+        let known = known_commands();
+        for name in ["ci", "deploy", "server-setup", "e2e"] {
+            assert!(known.iter().any(|k| k == name), "{name} in {known:?}");
+        }
+        assert!(!known.iter().any(|k| k == "help"), "{known:?}");
     }
 
     #[test]

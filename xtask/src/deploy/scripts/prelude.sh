@@ -1,0 +1,73 @@
+export DOCKER_CONFIG="$base/.docker"
+say() { printf '%s\n' "$*" >&2; }
+die() { say "error: $*"; exit 3; }
+if docker compose version >/dev/null 2>&1; then
+  compose_cmd=(docker compose)
+elif command -v docker-compose >/dev/null 2>&1; then
+  compose_cmd=(docker-compose)
+else
+  compose_cmd=()
+fi
+# compose_in DIR ARGS...: compose with the compose file and .env found in DIR, always with
+# the same project name and directory, so containers and volumes carry across releases.
+compose_in() {
+  local dir=$1
+  shift
+  [ ${#compose_cmd[@]} -gt 0 ] || die "neither \`docker compose\` nor \`docker-compose\` is installed: run \`cargo xtask server-setup\`"
+  "${compose_cmd[@]}" -p "$project" --project-directory "$base" --env-file "$dir/.env" -f "$dir/docker-compose.prod.yml" "$@"
+}
+# The current release through the links an operator uses, so both see the same paths.
+compose() { compose_in "$base" "$@"; }
+# The project's containers, found by compose labels (same under compose v1 and v2).
+containers() {
+  docker ps -aq --filter "label=com.docker.compose.project=$project" --filter "label=com.docker.compose.oneoff=False" "$@"
+}
+guard() {
+  if [ "$(head -n 1 "$base/.deploy.lock.holder" 2>/dev/null)" != "id=$run_id" ] \
+    || flock -n "$base/.deploy.lock" true; then
+    die "this run no longer holds the deploy lock of $base (lost connection?): stopping before any change"
+  fi
+}
+set_current() {
+  ln -sfn "$1" "$base/.current.tmp"
+  mv -fT "$base/.current.tmp" "$base/current"
+}
+# mounted_releases: "service<TAB>release<TAB>path" for every file or directory of a release
+# that a running container has bind-mounted. Docker resolves the `current` link when a
+# container starts, so this is where the container really reads its configuration from.
+# mountinfo gives each mount's path inside its own filesystem: all of `$base/releases/...`, or
+# a shorter tail of it when $base (or a parent) is a mount point. Either way the release and
+# the path follow the last `/releases/` (release files have no directory of that name), and
+# these containers bind-mount nothing else from a `releases/` directory.
+mounted_releases() {
+  local id pid svc root rest
+  for id in $(containers --filter status=running); do
+    read -r pid svc < <(docker inspect --format '{{.State.Pid}} {{index .Config.Labels "com.docker.compose.service"}}' "$id") || continue
+    if [ ! -r "/proc/$pid/mountinfo" ]; then
+      say "warning: cannot read the mounts of $svc (pid $pid)"
+      continue
+    fi
+    while read -r _ _ _ root _; do
+      case $root in */releases/*/*) rest=${root##*/releases/} ;; *) continue ;; esac
+      printf '%s\t%s\t%s\n' "$svc" "${rest%%/*}" "${rest#*/}"
+    done <"/proc/$pid/mountinfo"
+  done
+}
+# stale_services TAG: services whose mounted files differ from release TAG's.
+stale_services() {
+  local svc old path
+  mounted_releases | while IFS=$'\t' read -r svc old path; do
+    [ "$old" != "$1" ] || continue
+    diff -r -q "$base/releases/$old/$path" "$base/releases/$1/$path" >/dev/null 2>&1 || printf '%s\n' "$svc"
+  done | sort -u
+}
+# check_digest SERVICE REF REPOSITORY FILE: the pulled image's digest, appended to FILE and
+# reported (the deploying machine compares it with what it pushed).
+check_digest() {
+  local got
+  got=$(docker image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$2" | grep -F "$3@" | head -n 1 || true)
+  got=${got#*@}
+  [ -n "$got" ] || die "$2 has no digest from $3 after the pull"
+  printf '%s\t%s\t%s\n' "$1" "$2" "$got" >>"$4"
+  printf 'digest\t%s\t%s\n' "$1" "$got"
+}
