@@ -612,7 +612,7 @@ impl<'a> Run<'a> {
         Ok(match &self.release()?.credentials {
             Some(c) => CredentialSource::Given(registry::Credentials::new(
                 &c.username,
-                c.password.expose(),
+                c.secret.expose(),
                 "the deploy's registry settings",
             )),
             None => CredentialSource::Lookup,
@@ -631,7 +631,7 @@ impl<'a> Run<'a> {
         };
         let pushed = push::push(self.sh, &opts)?;
         for image in pushed {
-            self.pushed.insert(image.name, image.digest);
+            self.pushed.insert(image.name, image.digest.to_string());
         }
         Ok(())
     }
@@ -656,7 +656,8 @@ impl<'a> Run<'a> {
             let repository = format!("{}/{service}", release.repository);
             match client.manifest_digest(&repository, &release.tag)? {
                 Some(digest) => {
-                    self.pushed.insert((*service).to_owned(), digest);
+                    self.pushed
+                        .insert((*service).to_owned(), digest.to_string());
                 }
                 None => missing.push(release.image_ref(service)),
             }

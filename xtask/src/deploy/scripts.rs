@@ -662,7 +662,7 @@ fn docker_login(body: &mut Script, registry: &str, credentials: &Credentials, de
         quote(registry),
         quote(&credentials.username)
     ))
-    .secret("registry password", &credentials.password)
+    .secret("registry password", &credentials.secret)
     .line("")
     .line(delimiter)
     .line(format!(
