@@ -10,6 +10,7 @@ use std::{
 };
 
 use anyhow::{Context, bail, format_err};
+use oci_spec::image::ImageManifest;
 use serde_json::Value;
 
 use crate::{
@@ -122,23 +123,20 @@ pub(crate) fn load(
             })?;
         store.put_file(digest, |out| Ok(out.write_all(&manifest.bytes)?))?;
     }
-    let manifest: Value = serde_json::from_slice(&fs::read(&manifest_path)?)
-        .with_context(|| format!("base `{reference}`: manifest {digest} is not JSON"))?;
-    let config_digest = Digest::parse(
-        manifest["config"]["digest"]
-            .as_str()
-            .context("base manifest has no config")?,
-    )?;
-    let config_size = manifest["config"]["size"]
-        .as_u64()
-        .context("base config without size")?;
+    // OCI and Docker v2 manifests share this shape; oci-spec keeps unknown media types.
+    let manifest: ImageManifest =
+        serde_json::from_slice(&fs::read(&manifest_path)?).with_context(|| {
+            format!("base `{reference}`: manifest {digest} is not an image manifest")
+        })?;
+    let config_digest = Digest::parse(manifest.config().digest().as_ref())?;
+    let config_size = manifest.config().size();
     let config: Value = serde_json::from_slice(&fs::read(fetch(&config_digest, config_size)?)?)
         .with_context(|| format!("base `{reference}`: config {config_digest} is not JSON"))?;
     let diff_ids = config["rootfs"]["diff_ids"]
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let descriptors = manifest["layers"].as_array().cloned().unwrap_or_default();
+    let descriptors = manifest.layers();
     if diff_ids.len() != descriptors.len() {
         bail!(
             "base `{reference}`: {} layers but {} diff_ids in its config",
@@ -148,18 +146,14 @@ pub(crate) fn load(
     }
     let mut layers = Vec::new();
     for (descriptor, diff_id) in descriptors.iter().zip(&diff_ids) {
-        let digest = Digest::parse(
-            descriptor["digest"]
-                .as_str()
-                .context("layer without digest")?,
-        )?;
-        let media_type = descriptor["mediaType"].as_str().unwrap_or_default();
+        let digest = Digest::parse(descriptor.digest().as_ref())?;
+        let media_type = descriptor.media_type().to_string();
         if !media_type.ends_with("gzip") {
             bail!(
                 "base `{reference}`: layer {digest} has media type `{media_type}`; only gzip layers are supported"
             );
         }
-        let size = descriptor["size"].as_u64().context("layer without size")?;
+        let size = descriptor.size();
         fetch(&digest, size)?;
         layers.push(LayerBlob {
             digest,
@@ -281,6 +275,26 @@ pub(crate) fn inspect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Docker v2 manifests (what Docker Hub serves) parse as OCI ones, layer types kept.
+    #[test]
+    fn docker_v2_manifests_parse_with_their_layer_media_types() {
+        let digest = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 7, "digest": digest('a')},
+            "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 9, "digest": digest('b')}],
+        });
+        let parsed: ImageManifest = serde_json::from_value(manifest).unwrap();
+        assert_eq!(parsed.config().size(), 7);
+        let layer = &parsed.layers()[0];
+        assert_eq!(Digest::parse(layer.digest().as_ref()).unwrap(), digest('b'));
+        assert_eq!(
+            layer.media_type().to_string(),
+            "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        );
+    }
 
     #[test]
     fn index_resolution_skips_attestations_and_other_platforms() {

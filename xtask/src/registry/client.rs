@@ -337,7 +337,7 @@ impl Client {
                 _ => return Err(self.fail(&action, repository, &res)),
             }
             let digest = Digest::of(&res.body);
-            if reference.starts_with("sha256:") && digest != reference {
+            if Digest::parse(reference).is_ok() && digest != reference {
                 return Err(Error::rejected(
                     action.clone(),
                     format!("the registry sent a manifest with digest {digest}"),
