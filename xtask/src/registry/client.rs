@@ -273,12 +273,11 @@ impl Client {
         if res.status == 404 {
             return Ok(None);
         }
-        match res.header("docker-content-digest") {
-            Some(digest) => Digest::parse(digest)
-                .map(Some)
-                .map_err(|err| Error::rejected(action.clone(), format!("{err:#}"))),
-            // Older registries may omit the header: hash the body instead.
-            None => Ok(self
+        match res.header("docker-content-digest").map(Digest::parse) {
+            Some(Ok(digest)) => Ok(Some(digest)),
+            // Older registries may omit the header, and a digest of another algorithm
+            // cannot be compared with ours: hash the body instead.
+            _ => Ok(self
                 .get_manifest(repository, reference)?
                 .map(|manifest| manifest.digest)),
         }
