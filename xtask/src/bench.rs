@@ -6,7 +6,7 @@ use anyhow::Context;
 use serde_json::Value;
 use xshell::{Shell, cmd};
 
-use crate::{ci::cargo, flags, image, project};
+use crate::{flags, image, project, project::cargo};
 
 impl flags::Bench {
     pub(crate) fn run(self, sh: &Shell) -> anyhow::Result<()> {
@@ -181,7 +181,7 @@ fn bench_push(sh: &Shell, runs: usize) -> anyhow::Result<()> {
     };
     let sample = |opts: &PushOptions, images: &[image::BuiltImage]| -> anyhow::Result<PushSample> {
         let start = Instant::now();
-        let pushed = push_built(sh, opts, &report.revision, images)?;
+        let pushed = push_built(sh, opts, images)?;
         Ok(PushSample {
             wall: start.elapsed().as_secs_f64(),
             uploaded: pushed.iter().map(|p| p.blobs_uploaded).sum(),

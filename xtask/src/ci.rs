@@ -8,7 +8,7 @@ mod stack;
 
 use xshell::{Shell, cmd};
 
-use crate::{flags, image, provision, steps::Steps};
+use crate::{flags, image, project::cargo, provision, steps::Steps};
 
 impl flags::Ci {
     pub(crate) fn run(self, sh: &Shell) -> anyhow::Result<()> {
@@ -101,9 +101,4 @@ fn image_steps(sh: &Shell, steps: &mut Steps) -> anyhow::Result<()> {
     steps.run("images: reproducible from a second clone", || {
         reproducible::check(sh, &report, &scratch)
     })
-}
-
-/// The cargo that runs this xtask, so a pinned toolchain is used throughout.
-pub(crate) fn cargo(sh: &Shell) -> String {
-    sh.var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
 }

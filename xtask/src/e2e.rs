@@ -30,7 +30,6 @@ use serde_json::Value;
 use xshell::{Shell, cmd};
 
 use crate::{
-    ci::cargo,
     flags,
     harness::{
         docker::{self, Engine},
@@ -38,7 +37,8 @@ use crate::{
         registry::{Auth, Registry},
         sshd::Sshd,
     },
-    project, provision,
+    project::{self, cargo},
+    provision,
     steps::{Steps, format_duration},
 };
 

@@ -101,8 +101,12 @@ pub(crate) struct Ci {
 #[derive(Debug, Args)]
 pub(crate) struct Push {
     /// Images to push: `backend`, `frontend` (default: all). They are built first (a no-op
-    /// when nothing changed).
+    /// when nothing changed) unless `--no-build` is given.
     pub(crate) images: Vec<String>,
+    /// Push exactly the OCI layouts an earlier `cargo xtask build` wrote under
+    /// `target/images/`, without building.
+    #[arg(long)]
+    pub(crate) no_build: bool,
     /// Registry host; loopback hosts are reached over plain HTTP, others over HTTPS.
     #[arg(long, default_value = "ghcr.io")]
     pub(crate) registry: String,
@@ -116,8 +120,8 @@ pub(crate) struct Push {
     /// A non-loopback registry host to reach over plain HTTP, repeatable.
     #[arg(long = "insecure-registry", value_name = "HOST")]
     pub(crate) insecure_registries: Vec<String>,
-    /// Print one JSON object per image on stdout (name, reference, digest, tags, blob and
-    /// byte counts, retries), nothing else.
+    /// Print one JSON document `{"images": [...]}` on stdout, as `build --json` does: per
+    /// image its name, reference, digest, tags, blob and byte counts, retries; nothing else.
     #[arg(long)]
     pub(crate) json: bool,
 }

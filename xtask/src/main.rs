@@ -7,6 +7,7 @@ mod bench;
 mod build;
 mod ci;
 mod deploy;
+mod digest;
 mod e2e;
 mod flags;
 mod harness;

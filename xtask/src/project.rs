@@ -17,6 +17,11 @@ pub(crate) fn target_dir() -> PathBuf {
     }
 }
 
+/// The cargo that runs this xtask, so a pinned toolchain is used throughout.
+pub(crate) fn cargo(sh: &xshell::Shell) -> String {
+    sh.var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}
+
 /// The commit being built, as labels, tags and timestamps need it.
 #[derive(Debug, Clone)]
 pub(crate) struct Revision {
@@ -124,6 +129,29 @@ pub(crate) fn rfc3339(epoch: u64) -> String {
     )
 }
 
+/// `https://github.com/Owner/Repo.git`, `git@github.com:Owner/Repo.git`,
+/// `ssh://git@host/owner/repo` give `owner/repo`; local paths give nothing.
+pub(crate) fn namespace_from_remote(url: &str) -> Option<String> {
+    let url = url.trim();
+    let path = if let Some((_, rest)) = url.split_once("://") {
+        rest.split_once('/')?.1
+    } else if let Some((host, path)) = url.split_once(':') {
+        if host.contains('/') || host.is_empty() {
+            return None;
+        }
+        path
+    } else {
+        return None;
+    };
+    let path = path.trim_matches('/');
+    let path = path.strip_suffix(".git").unwrap_or(path);
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    match parts.as_slice() {
+        [.., owner, repo] => Some(format!("{owner}/{repo}").to_ascii_lowercase()),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +173,32 @@ mod tests {
     fn repository_url_matches_workspace_manifest() {
         let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
         assert!(manifest.contains(&format!("repository = \"{REPOSITORY_URL}\"")));
+    }
+
+    #[test]
+    fn namespace_from_git_remotes() {
+        for (remote, expected) in [
+            (
+                "https://github.com/Yassine-El-Gherrabi/time-manager.git",
+                Some("yassine-el-gherrabi/time-manager"),
+            ),
+            ("https://github.com/owner/repo", Some("owner/repo")),
+            ("git@github.com:Owner/Repo.git", Some("owner/repo")),
+            ("ssh://git@github.com/owner/repo.git/", Some("owner/repo")),
+            (
+                "https://gitlab.example/group/sub/repo.git",
+                Some("sub/repo"),
+            ),
+            ("/home/me/time-manager", None),
+            ("../time-manager", None),
+            ("https://github.com/", None),
+            ("", None),
+        ] {
+            assert_eq!(
+                namespace_from_remote(remote).as_deref(),
+                expected,
+                "{remote}"
+            );
+        }
     }
 }

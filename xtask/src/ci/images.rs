@@ -3,7 +3,6 @@
 use std::{path::Path, time::Duration};
 
 use anyhow::{Context, bail, ensure};
-use sha2::Digest as _;
 use xshell::{Shell, cmd};
 
 use crate::{
@@ -37,10 +36,7 @@ pub(crate) fn check_layouts(
         let inspected = cmd!(sh, "skopeo inspect --raw oci:{layout}:{tag}")
             .quiet()
             .read()?;
-        let digest = format!(
-            "sha256:{}",
-            crate::image::layer::hex(&sha2::Sha256::digest(inspected.as_bytes()))
-        );
+        let digest = crate::digest::Digest::of(inspected.as_bytes());
         ensure!(
             digest == image.blobs.manifest.digest,
             "skopeo reads manifest {digest} from `{}`, build wrote {}",

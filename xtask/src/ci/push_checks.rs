@@ -17,6 +17,7 @@ use xshell::{Shell, cmd};
 
 use crate::{
     ci::images::{self, SKOPEO},
+    digest::Digest,
     harness::{
         docker,
         registry::{
@@ -31,8 +32,8 @@ use crate::{
     },
     project::Revision,
     provision,
-    push::{CredentialSource, PushOptions, PushedImage, push_built},
-    registry::{self, Client, ClientOptions, Credentials, RetryPolicy, human_bytes},
+    push::{CredentialSource, PushOptions, PushedImage, human_bytes, push_built},
+    registry::{self, Client, ClientOptions, Credentials, RetryPolicy},
 };
 
 pub(crate) fn check(sh: &Shell, report: &BuildReport, scratch: &Path) -> anyhow::Result<()> {
@@ -152,7 +153,7 @@ fn options(registry_host: &str, creds: Option<&Credentials>, namespace: &str) ->
 
 impl Ctx<'_> {
     fn push(&self, opts: &PushOptions, images: &[BuiltImage]) -> anyhow::Result<Vec<PushedImage>> {
-        push_built(self.sh, opts, self.revision, images)
+        push_built(self.sh, opts, images)
     }
 
     fn tags(&self) -> [String; 2] {
@@ -245,7 +246,7 @@ impl Ctx<'_> {
             .quiet()
             .read()
             .with_context(|| format!("skopeo inspect {reference}"))?;
-            let digest = registry::sha256_digest(raw.as_bytes());
+            let digest = Digest::of(raw.as_bytes());
             ensure!(
                 digest == image.blobs.manifest.digest,
                 "skopeo reads {digest} from {reference}, we pushed {}",
@@ -361,7 +362,7 @@ impl Ctx<'_> {
         let binary = changed.blobs.layers.last().context("no layers")?;
         let expected: BTreeSet<&str> =
             [binary.digest.as_str(), changed.blobs.config.digest.as_str()].into();
-        let got: BTreeSet<&str> = image.uploaded.iter().map(String::as_str).collect();
+        let got: BTreeSet<&str> = image.uploaded.iter().map(Digest::as_str).collect();
         ensure!(
             got == expected && image.blobs_skipped == changed.blobs.layers.len() - 1,
             "expected only the binary layer and the config to be uploaded: {}",
@@ -404,7 +405,7 @@ impl Ctx<'_> {
     }
 
     /// The real command line: credentials from REGISTRY_USERNAME/REGISTRY_PASSWORD, one JSON
-    /// object per image on stdout; a wrong password exits non-zero with one clear line.
+    /// document `{"images": [...]}` on stdout; a wrong password exits non-zero with one clear line.
     fn cli(&self, registry: &Registry) -> anyhow::Result<String> {
         let sh = self.sh;
         let exe = std::env::current_exe().context("locating the xtask binary")?;
@@ -419,14 +420,12 @@ impl Ctx<'_> {
             .ignore_stderr()
             .read()
             .context("cargo xtask push")?;
-        let lines: Vec<Value> = output
-            .lines()
-            .map(serde_json::from_str)
-            .collect::<Result<_, _>>()
+        let document: Value = serde_json::from_str(&output)
             .with_context(|| format!("--json printed something else: {output}"))?;
+        let lines = document["images"].as_array().cloned().unwrap_or_default();
         ensure!(
             lines.len() == self.images.len(),
-            "one JSON line per image expected: {output}"
+            "one `images` entry per image expected: {output}"
         );
         for (line, built) in lines.iter().zip(self.images) {
             let keys: BTreeSet<&str> = line
@@ -507,7 +506,7 @@ fn path_of(repository: &str) -> &str {
         .map_or(repository, |(_, path)| path)
 }
 
-fn blob_digests(image: &BuiltImage) -> Vec<String> {
+fn blob_digests(image: &BuiltImage) -> Vec<Digest> {
     image
         .blobs
         .layers
@@ -517,7 +516,7 @@ fn blob_digests(image: &BuiltImage) -> Vec<String> {
         .collect()
 }
 
-fn uploaded_size(image: &BuiltImage, uploaded: &[String]) -> u64 {
+fn uploaded_size(image: &BuiltImage, uploaded: &[Digest]) -> u64 {
     uploaded
         .iter()
         .map(|digest| {

@@ -11,9 +11,8 @@ use anyhow::{Context, bail};
 use xshell::{Shell, cmd};
 
 use crate::{
-    ci::cargo,
     image::{BuildReport, verify},
-    project,
+    project::{self, cargo},
 };
 
 pub(crate) fn check(sh: &Shell, first: &BuildReport, scratch: &Path) -> anyhow::Result<()> {

@@ -238,7 +238,7 @@ impl<'a> Run<'a> {
         let pushed = push::push(self.sh, &opts)?;
         for image in pushed {
             self.pushed
-                .insert(image.name, (image.digest, images.tag.clone()));
+                .insert(image.name, (image.digest.to_string(), images.tag.clone()));
         }
         Ok(())
     }
@@ -263,7 +263,7 @@ impl<'a> Run<'a> {
             match client.manifest_digest(&repository, &images.tag)? {
                 Some(digest) => {
                     self.pushed
-                        .insert((*service).to_owned(), (digest, images.tag.clone()));
+                        .insert((*service).to_owned(), (digest.to_string(), images.tag.clone()));
                 }
                 None => missing.push(format!("{}/{repository}:{}", images.registry, images.tag)),
             }
@@ -310,11 +310,7 @@ impl<'a> Run<'a> {
 
 fn registry_credentials(images: &Images) -> CredentialSource {
     match &images.credentials {
-        Some(c) => CredentialSource::Given(registry::Credentials::new(
-            &c.username,
-            c.password.expose(),
-            "the deploy's registry settings",
-        )),
+        Some(credentials) => CredentialSource::Given(credentials.clone()),
         None => CredentialSource::Lookup,
     }
 }

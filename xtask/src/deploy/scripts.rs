@@ -322,7 +322,7 @@ impl ServerScripts {
                 values
                     .value("registry_user", &credentials.username)
                     .heredoc("registry_password", &self.delimiter(), |s| {
-                        s.secret("registry password", &credentials.password)
+                        s.secret("registry password", &credentials.secret)
                             .line("");
                     });
             }
@@ -515,7 +515,7 @@ pub(crate) fn quote(value: &str) -> String {
 
 /// Base64 in 76-character lines, for binary data inside a here-document (`base64 -d`).
 pub(crate) fn base64(data: &[u8]) -> String {
-    let encoded = crate::registry::base64::encode(data);
+    let encoded = crate::digest::base64::encode(data);
     let mut out = String::with_capacity(encoded.len() + encoded.len() / 76 + 1);
     for line in encoded.as_bytes().chunks(76) {
         out.push_str(&String::from_utf8_lossy(line));

@@ -9,6 +9,7 @@ use crate::{
         secrets::{Redactor, Secret},
     },
     flags,
+    registry::{credentials, reference},
 };
 
 /// Reads one environment variable; empty counts as unset (CI renders a missing secret as "").
@@ -150,12 +151,8 @@ pub(crate) enum EnvValue {
     Secret(Secret),
 }
 
-/// Registry login for the server's pull.
-#[derive(Debug, Clone)]
-pub(crate) struct Credentials {
-    pub(crate) username: String,
-    pub(crate) password: Secret,
-}
+/// Registry login for the server's pull: the registry's one credentials type.
+pub(crate) use crate::registry::Credentials;
 
 /// What a new release is made of, besides its files.
 #[derive(Debug, Clone)]
@@ -262,7 +259,7 @@ pub(crate) fn release(
             })
     };
     let registry = plain("REGISTRY").unwrap_or_else(|| "ghcr.io".to_owned());
-    if !is_registry_host(&registry) {
+    if reference::validate_host(&registry).is_err() {
         problems.invalid.push(format!(
             "REGISTRY must be a registry host such as `ghcr.io` or `127.0.0.1:5000`, got `{registry}`"
         ));
@@ -292,30 +289,36 @@ pub(crate) fn release(
     }
 }
 
-/// `REGISTRY_USERNAME`/`REGISTRY_PASSWORD`, else GHCR's `GITHUB_ACTOR`/`GHCR_TOKEN`.
+/// The registry's lookup order (`registry::credentials::lookup_with`: `REGISTRY_USERNAME`
+/// and `REGISTRY_PASSWORD` together, else for ghcr.io `GHCR_TOKEN` or `GITHUB_TOKEN` with
+/// `GITHUB_ACTOR`), without the docker config: the server pulls with these, so they must
+/// be explicit, never borrowed from this machine's `docker login`.
 pub(crate) fn credentials(
     env: Lookup<'_>,
     problems: &mut Problems,
     redactor: &mut Redactor,
 ) -> Option<Credentials> {
-    let username = env("REGISTRY_USERNAME").or_else(|| env("GITHUB_ACTOR"));
-    let password = env("REGISTRY_PASSWORD").or_else(|| env("GHCR_TOKEN"));
-    if username.is_none() {
-        problems
-            .missing
-            .push("GITHUB_ACTOR (or REGISTRY_USERNAME): the registry user".to_owned());
+    let host = env("REGISTRY").unwrap_or_else(|| "ghcr.io".to_owned());
+    let no_helpers = &mut |_: &str, _: &str| Ok(None);
+    match credentials::lookup_with(env, &host.to_ascii_lowercase(), None, no_helpers) {
+        Ok(Some(credentials)) => {
+            redactor.add(&credentials.secret);
+            Some(credentials)
+        }
+        Ok(None) => {
+            problems
+                .missing
+                .push("GITHUB_ACTOR (or REGISTRY_USERNAME): the registry user".to_owned());
+            problems
+                .missing
+                .push("GHCR_TOKEN (or REGISTRY_PASSWORD): the registry token".to_owned());
+            None
+        }
+        Err(err) => {
+            problems.invalid.push(format!("{err:#}"));
+            None
+        }
     }
-    if password.is_none() {
-        problems
-            .missing
-            .push("GHCR_TOKEN (or REGISTRY_PASSWORD): the registry token".to_owned());
-    }
-    let password = Secret::new(password?);
-    redactor.add(&password);
-    Some(Credentials {
-        username: username?,
-        password,
-    })
 }
 
 /// Why a value cannot be written to `.env` the same way for docker-compose v1 and v2, if so.
@@ -340,23 +343,10 @@ pub(crate) fn is_commit_tag(tag: &str) -> bool {
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
-/// A release tag already on the server (rollback accepts any tag it finds there).
+/// A release tag already on the server (rollback accepts any tag it finds there): the
+/// registry's tag grammar.
 pub(crate) fn is_tag(tag: &str) -> bool {
-    !tag.is_empty()
-        && tag.len() <= 128
-        && !tag.starts_with(['.', '-'])
-        && tag
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-/// `ghcr.io`, `127.0.0.1:5000`: what goes before the first `/` of an image reference.
-fn is_registry_host(host: &str) -> bool {
-    !host.is_empty()
-        && !host.starts_with(['-', '.'])
-        && host.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b':')
-        })
+    reference::validate_tag(tag).is_ok()
 }
 
 /// Compose service and profile names, project names.
@@ -446,7 +436,7 @@ mod tests {
         assert_eq!(settings.env_value("POSTGRES_PASSWORD"), None, "secret");
         assert_eq!(
             redactor.redact("pg-secret-value ghcr-token-value grafana-secret-value"),
-            "*** *** ***"
+            "<redacted> <redacted> <redacted>"
         );
         assert!(!format!("{settings:?}").contains("secret-value"));
     }

@@ -22,9 +22,10 @@ use serde_json::json;
 use xshell::{Shell, cmd};
 
 use crate::{
+    digest::base64,
     harness::{daemon::Daemon, http, postgres::free_port},
     provision::{self, Need},
-    registry::{Credentials, base64},
+    registry::Credentials,
 };
 
 pub(crate) const DOCKER_REGISTRY: Need = Need {

@@ -10,12 +10,14 @@ use std::{
 };
 
 use anyhow::{Context, bail, format_err};
+use oci_spec::image::ImageManifest;
 use serde_json::Value;
 
 use crate::{
+    digest::Digest,
     image::{layer::LayerBlob, store::Store},
     project,
-    registry::{self, Client, ClientOptions, Registry},
+    registry::{self, Client, ClientOptions, ImageReference, Registry},
 };
 
 /// The platform every image of this project is built for.
@@ -26,42 +28,10 @@ pub(crate) fn default_lock_path() -> PathBuf {
     project::root().join("images.lock.json")
 }
 
-/// `HOST/REPOSITORY:TAG`, split; Docker Hub names get their implicit host and `library/`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ImageRef {
-    pub(crate) host: String,
-    pub(crate) repository: String,
-    pub(crate) tag: String,
-}
-
-impl ImageRef {
-    pub(crate) fn parse(reference: &str) -> anyhow::Result<ImageRef> {
-        let (name, tag) = match reference.rsplit_once(':') {
-            Some((name, tag)) if !tag.contains('/') => (name, tag),
-            _ => (reference, "latest"),
-        };
-        let (host, repository) = match name.split_once('/') {
-            Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
-                (first.to_owned(), rest.to_owned())
-            }
-            Some(_) => ("registry-1.docker.io".to_owned(), name.to_owned()),
-            None => ("registry-1.docker.io".to_owned(), format!("library/{name}")),
-        };
-        if repository.is_empty() || tag.is_empty() {
-            bail!("`{reference}` is not an image reference (expected `HOST/REPOSITORY:TAG`)");
-        }
-        Ok(ImageRef {
-            host,
-            repository,
-            tag: tag.to_owned(),
-        })
-    }
-}
-
 /// A base image as the build uses it: its layers and config, all in the local store.
 #[derive(Debug, Clone)]
 pub(crate) struct BaseImage {
-    pub(crate) digest: String,
+    pub(crate) digest: Digest,
     pub(crate) config: Value,
     pub(crate) layers: Vec<LayerBlob>,
 }
@@ -89,7 +59,7 @@ pub(crate) fn update(
     let mut lock = read_lock(lock_path)?;
     let mut acc = Vec::new();
     for reference in references {
-        let image = ImageRef::parse(reference)?;
+        let image = ImageReference::parse(reference)?;
         let client = client(&image.host, sh)?;
         let manifest = client
             .get_manifest(&image.repository, &image.tag)?
@@ -97,8 +67,8 @@ pub(crate) fn update(
         let digest = platform_manifest(&client, &image, manifest)?.digest;
         lock.entry(reference.clone())
             .or_default()
-            .insert(PLATFORM.to_owned(), digest.clone());
-        acc.push((reference.clone(), digest));
+            .insert(PLATFORM.to_owned(), digest.to_string());
+        acc.push((reference.clone(), digest.to_string()));
     }
     write_lock(lock_path, &lock)?;
     Ok(acc)
@@ -122,9 +92,12 @@ pub(crate) fn load(
                 lock_path.display()
             )
         })?;
-    let image = ImageRef::parse(reference)?;
+    let digest = Digest::parse(digest)
+        .with_context(|| format!("`{}`: pin of `{reference}`", lock_path.display()))?;
+    let digest = &digest;
+    let image = ImageReference::parse(reference)?;
     let mut client: Option<Client> = None;
-    let mut fetch = |digest: &str, size: u64| -> anyhow::Result<PathBuf> {
+    let mut fetch = |digest: &Digest, size: u64| -> anyhow::Result<PathBuf> {
         let path = store.blob_path(digest);
         if path.is_file() {
             return Ok(path);
@@ -144,27 +117,26 @@ pub(crate) fn load(
     if !manifest_path.is_file() {
         let client = self::client(&image.host, sh)?;
         let manifest = client
-            .get_manifest(&image.repository, digest)?
+            .get_manifest(&image.repository, digest.as_str())?
             .with_context(|| {
                 format!("base `{reference}`: manifest {digest} is gone from the registry")
             })?;
         store.put_file(digest, |out| Ok(out.write_all(&manifest.bytes)?))?;
     }
-    let manifest: Value = serde_json::from_slice(&fs::read(&manifest_path)?)
-        .with_context(|| format!("base `{reference}`: manifest {digest} is not JSON"))?;
-    let config_digest = manifest["config"]["digest"]
-        .as_str()
-        .context("base manifest has no config")?;
-    let config_size = manifest["config"]["size"]
-        .as_u64()
-        .context("base config without size")?;
-    let config: Value = serde_json::from_slice(&fs::read(fetch(config_digest, config_size)?)?)
+    // OCI and Docker v2 manifests share this shape; oci-spec keeps unknown media types.
+    let manifest: ImageManifest =
+        serde_json::from_slice(&fs::read(&manifest_path)?).with_context(|| {
+            format!("base `{reference}`: manifest {digest} is not an image manifest")
+        })?;
+    let config_digest = Digest::parse(manifest.config().digest().as_ref())?;
+    let config_size = manifest.config().size();
+    let config: Value = serde_json::from_slice(&fs::read(fetch(&config_digest, config_size)?)?)
         .with_context(|| format!("base `{reference}`: config {config_digest} is not JSON"))?;
     let diff_ids = config["rootfs"]["diff_ids"]
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let descriptors = manifest["layers"].as_array().cloned().unwrap_or_default();
+    let descriptors = manifest.layers();
     if diff_ids.len() != descriptors.len() {
         bail!(
             "base `{reference}`: {} layers but {} diff_ids in its config",
@@ -174,23 +146,18 @@ pub(crate) fn load(
     }
     let mut layers = Vec::new();
     for (descriptor, diff_id) in descriptors.iter().zip(&diff_ids) {
-        let digest = descriptor["digest"]
-            .as_str()
-            .context("layer without digest")?;
-        let media_type = descriptor["mediaType"].as_str().unwrap_or_default();
+        let digest = Digest::parse(descriptor.digest().as_ref())?;
+        let media_type = descriptor.media_type().to_string();
         if !media_type.ends_with("gzip") {
             bail!(
                 "base `{reference}`: layer {digest} has media type `{media_type}`; only gzip layers are supported"
             );
         }
-        let size = descriptor["size"].as_u64().context("layer without size")?;
-        fetch(digest, size)?;
+        let size = descriptor.size();
+        fetch(&digest, size)?;
         layers.push(LayerBlob {
-            digest: digest.to_owned(),
-            diff_id: diff_id
-                .as_str()
-                .context("diff_id is not a string")?
-                .to_owned(),
+            digest,
+            diff_id: Digest::parse(diff_id.as_str().context("diff_id is not a string")?)?,
             size,
         });
     }
@@ -204,7 +171,7 @@ pub(crate) fn load(
 /// Picks the platform's manifest out of an index (skipping attestation entries).
 fn platform_manifest(
     client: &Client,
-    image: &ImageRef,
+    image: &ImageReference,
     manifest: registry::Manifest,
 ) -> anyhow::Result<registry::Manifest> {
     let is_index =
@@ -309,38 +276,24 @@ pub(crate) fn inspect(
 mod tests {
     use super::*;
 
+    /// Docker v2 manifests (what Docker Hub serves) parse as OCI ones, layer types kept.
     #[test]
-    fn references_get_their_implicit_host_and_tag() {
-        let cases = [
-            (
-                "gcr.io/distroless/cc-debian12:nonroot",
-                ("gcr.io", "distroless/cc-debian12", "nonroot"),
-            ),
-            (
-                "127.0.0.1:5000/test/base",
-                ("127.0.0.1:5000", "test/base", "latest"),
-            ),
-            (
-                "nginx:1.27",
-                ("registry-1.docker.io", "library/nginx", "1.27"),
-            ),
-            (
-                "bitnami/nginx:1.27",
-                ("registry-1.docker.io", "bitnami/nginx", "1.27"),
-            ),
-        ];
-        for (input, (host, repository, tag)) in cases {
-            let parsed = ImageRef::parse(input).unwrap();
-            assert_eq!(
-                (
-                    parsed.host.as_str(),
-                    parsed.repository.as_str(),
-                    parsed.tag.as_str()
-                ),
-                (host, repository, tag),
-                "{input}"
-            );
-        }
+    fn docker_v2_manifests_parse_with_their_layer_media_types() {
+        let digest = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 7, "digest": digest('a')},
+            "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 9, "digest": digest('b')}],
+        });
+        let parsed: ImageManifest = serde_json::from_value(manifest).unwrap();
+        assert_eq!(parsed.config().size(), 7);
+        let layer = &parsed.layers()[0];
+        assert_eq!(Digest::parse(layer.digest().as_ref()).unwrap(), digest('b'));
+        assert_eq!(
+            layer.media_type().to_string(),
+            "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        );
     }
 
     #[test]

@@ -12,11 +12,10 @@ use sha2::{Digest as _, Sha256};
 use xshell::{Shell, cmd};
 
 use crate::{
-    ci::cargo,
+    digest,
     image::{
         contents::Artifacts,
         definitions::{Contents, ImageDef, Link},
-        layer,
     },
     project::{self, Revision},
 };
@@ -127,7 +126,7 @@ fn cargo_build(
     target_dir: &Path,
     revision: &Revision,
 ) -> anyhow::Result<()> {
-    let cargo = cargo(sh);
+    let cargo = project::cargo(sh);
     let root = project::root();
     let cargo_home = sh
         .var("CARGO_HOME")
@@ -261,10 +260,10 @@ fn tree_hash(dir: &Path, skip: &[&str]) -> anyhow::Result<String> {
         hasher.update(format!(
             "{} {}\n",
             rel.display(),
-            layer::sha256_file(&file)?
+            digest::sha256_file(&file)?
         ));
     }
-    Ok(layer::hex(&hasher.finalize()))
+    Ok(digest::hex(&hasher.finalize()))
 }
 
 #[cfg(test)]

@@ -74,7 +74,7 @@ pub(crate) fn ca_bundle() -> Vec<u8> {
     let mut pem = Vec::new();
     for cert in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
         pem.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
-        for line in crate::registry::base64::encode(cert).as_bytes().chunks(64) {
+        for line in crate::digest::base64::encode(cert).as_bytes().chunks(64) {
             pem.extend_from_slice(line);
             pem.push(b'\n');
         }

@@ -4,12 +4,14 @@ use std::{
     collections::BTreeMap,
     fs,
     io::{self, Read, Write},
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
 use anyhow::{Context, bail};
 use flate2::{Compression, GzBuilder};
 use sha2::{Digest as _, Sha256};
+
+use crate::digest::{Digest, HashingWriter, hex, sha256_file};
 
 /// Media type of every layer this builder writes.
 pub(crate) const MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
@@ -72,8 +74,8 @@ impl Entry {
 /// A written layer: the compressed blob's digest and size, and the uncompressed tar's digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LayerBlob {
-    pub(crate) digest: String,
-    pub(crate) diff_id: String,
+    pub(crate) digest: Digest,
+    pub(crate) diff_id: Digest,
     pub(crate) size: u64,
 }
 
@@ -224,58 +226,6 @@ pub(crate) fn input_key(entries: &[Entry], mtime: u64) -> anyhow::Result<String>
         ));
     }
     Ok(hex(&hasher.finalize()))
-}
-
-pub(crate) fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    let mut file = fs::File::open(path).with_context(|| format!("opening `{}`", path.display()))?;
-    let mut hasher = Sha256::new();
-    io::copy(&mut file, &mut hasher).with_context(|| format!("reading `{}`", path.display()))?;
-    Ok(hex(&hasher.finalize()))
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut acc = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        let _ = write!(acc, "{byte:02x}");
-    }
-    acc
-}
-
-/// Passes bytes through while computing their sha256 and length.
-pub(crate) struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    len: u64,
-}
-
-impl<W> HashingWriter<W> {
-    pub(crate) fn new(inner: W) -> HashingWriter<W> {
-        HashingWriter {
-            inner,
-            hasher: Sha256::new(),
-            len: 0,
-        }
-    }
-
-    /// Returns the inner writer, `sha256:<hex>` of what passed through, and its length.
-    pub(crate) fn finish(self) -> (W, String, u64) {
-        let digest = format!("sha256:{}", hex(&self.hasher.finalize()));
-        (self.inner, digest, self.len)
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 #[cfg(test)]

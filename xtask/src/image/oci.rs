@@ -13,21 +13,23 @@ use oci_spec::image::{
     MediaType, Os, RootFsBuilder,
 };
 use serde_json::Value;
-use sha2::{Digest as _, Sha256};
 
-use crate::image::{definitions::ImageDef, layer};
+use crate::{
+    digest::Digest,
+    image::{definitions::ImageDef, layer},
+};
 
 /// A JSON document with the exact bytes that were hashed: store and push these bytes.
 #[derive(Debug, Clone)]
 pub(crate) struct Blob {
     pub(crate) bytes: Vec<u8>,
-    pub(crate) digest: String,
+    pub(crate) digest: Digest,
 }
 
 impl Blob {
     pub(crate) fn from_json(value: &Value) -> Blob {
         let bytes = canonical_json(value);
-        let digest = format!("sha256:{}", layer::hex(&Sha256::digest(&bytes)));
+        let digest = Digest::of(&bytes);
         Blob { bytes, digest }
     }
 
@@ -182,10 +184,11 @@ pub(crate) fn on_base(mut ours: Value, base: &Value) -> Value {
 
 pub(crate) fn descriptor(
     media_type: MediaType,
-    digest: &str,
+    digest: &Digest,
     size: u64,
 ) -> anyhow::Result<Descriptor> {
     let digest: oci_spec::image::Digest = digest
+        .as_str()
         .parse()
         .with_context(|| format!("invalid digest `{digest}`"))?;
     Ok(DescriptorBuilder::default()
@@ -376,9 +379,11 @@ mod tests {
         let config = Blob::from_json(&serde_json::json!({"k": "v"}));
         let layers = [layer::LayerBlob {
             digest: "sha256:3333333333333333333333333333333333333333333333333333333333333333"
-                .to_owned(),
+                .parse()
+                .unwrap(),
             diff_id: "sha256:4444444444444444444444444444444444444444444444444444444444444444"
-                .to_owned(),
+                .parse()
+                .unwrap(),
             size: 42,
         }];
         let annotations = BTreeMap::from([(

@@ -170,7 +170,7 @@ fn npm_components(lock: &Value) -> Vec<Component> {
 
 /// `cargo metadata` for the image target, read once per build.
 pub(crate) fn cargo_metadata(sh: &xshell::Shell) -> anyhow::Result<Value> {
-    let cargo = crate::ci::cargo(sh);
+    let cargo = crate::project::cargo(sh);
     let text = xshell::cmd!(
         sh,
         "{cargo} metadata --format-version 1 --locked --filter-platform {TARGET}"

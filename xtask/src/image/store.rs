@@ -18,9 +18,12 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use crate::image::{
-    layer::{self, Entry, LayerBlob, Source},
-    oci::{self, Blob},
+use crate::{
+    digest::{Digest, HashingWriter},
+    image::{
+        layer::{self, Entry, LayerBlob, Source},
+        oci::{self, Blob},
+    },
 };
 
 pub(crate) struct Store {
@@ -38,9 +41,8 @@ impl Store {
         Ok(Store { root })
     }
 
-    pub(crate) fn blob_path(&self, digest: &str) -> PathBuf {
-        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-        self.root.join(".blobs/sha256").join(hex)
+    pub(crate) fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join(".blobs/sha256").join(digest.hex())
     }
 
     pub(crate) fn cache_dir(&self) -> PathBuf {
@@ -70,8 +72,8 @@ impl Store {
         let text = fs::read_to_string(record).ok()?;
         let mut parts = text.split_whitespace();
         let blob = LayerBlob {
-            digest: parts.next()?.to_owned(),
-            diff_id: parts.next()?.to_owned(),
+            digest: parts.next()?.parse().ok()?,
+            diff_id: parts.next()?.parse().ok()?,
             size: parts.next()?.parse().ok()?,
         };
         let on_disk = fs::metadata(self.blob_path(&blob.digest)).ok()?.len();
@@ -91,13 +93,13 @@ impl Store {
     /// Stores a blob written by `write`, checking that what arrived has the expected digest.
     pub(crate) fn put_file(
         &self,
-        digest: &str,
+        digest: &Digest,
         write: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         let temp = self.temp_path();
         let file =
             fs::File::create(&temp).with_context(|| format!("creating `{}`", temp.display()))?;
-        let mut out = layer::HashingWriter::new(BufWriter::new(file));
+        let mut out = HashingWriter::new(BufWriter::new(file));
         let res = write(&mut out);
         let (mut inner, got, _) = out.finish();
         inner.flush()?;
@@ -105,7 +107,7 @@ impl Store {
             let _ = fs::remove_file(&temp);
             return Err(err);
         }
-        if got != digest {
+        if got != *digest {
             let _ = fs::remove_file(&temp);
             bail!("blob {digest} arrived with digest {got}");
         }
@@ -118,7 +120,7 @@ impl Store {
             .join(format!(".blobs/tmp-{}-{n}", std::process::id()))
     }
 
-    fn commit(&self, temp: &Path, digest: &str) -> anyhow::Result<()> {
+    fn commit(&self, temp: &Path, digest: &Digest) -> anyhow::Result<()> {
         let path = self.blob_path(digest);
         fs::rename(temp, &path).with_context(|| format!("storing blob {digest}"))
     }
@@ -140,7 +142,7 @@ impl Store {
         fs::create_dir_all(&blobs)?;
         for digest in image.digests() {
             let from = self.blob_path(digest);
-            let to = dir.join(blob_rel_path(digest));
+            let to = dir.join(digest.blob_path());
             if fs::hard_link(&from, &to).is_err() {
                 fs::copy(&from, &to)
                     .with_context(|| format!("copying blob {digest} into `{}`", dir.display()))?;
@@ -161,9 +163,9 @@ impl Store {
         mtime: u64,
     ) -> anyhow::Result<PathBuf> {
         let docker_manifest = serde_json::json!([{
-            "Config": blob_rel_path(&image.config.digest),
+            "Config": image.config.digest.blob_path(),
             "RepoTags": repo_tags,
-            "Layers": image.layers.iter().map(|l| blob_rel_path(&l.digest)).collect::<Vec<_>>(),
+            "Layers": image.layers.iter().map(|l| l.digest.blob_path()).collect::<Vec<_>>(),
         }]);
         let (reference, tag) = match repo_tags.first().and_then(|r| r.rsplit_once(':')) {
             Some((_, tag)) => (repo_tags[0].clone(), tag.to_owned()),
@@ -188,7 +190,7 @@ impl Store {
         ];
         for digest in image.digests() {
             entries.push(Entry::file(
-                &blob_rel_path(digest),
+                &digest.blob_path(),
                 0o644,
                 Source::Path(self.blob_path(digest)),
             ));
@@ -207,13 +209,6 @@ impl Store {
 
 const OCI_LAYOUT: &str = r#"{"imageLayoutVersion":"1.0.0"}"#;
 
-fn blob_rel_path(digest: &str) -> String {
-    format!(
-        "blobs/sha256/{}",
-        digest.strip_prefix("sha256:").unwrap_or(digest)
-    )
-}
-
 /// The blobs of one image, as they were hashed.
 #[derive(Debug, Clone)]
 pub(crate) struct ImageBlobs {
@@ -223,10 +218,10 @@ pub(crate) struct ImageBlobs {
 }
 
 impl ImageBlobs {
-    fn digests(&self) -> impl Iterator<Item = &str> {
-        [self.manifest.digest.as_str(), self.config.digest.as_str()]
+    fn digests(&self) -> impl Iterator<Item = &Digest> {
+        [&self.manifest.digest, &self.config.digest]
             .into_iter()
-            .chain(self.layers.iter().map(|l| l.digest.as_str()))
+            .chain(self.layers.iter().map(|l| &l.digest))
     }
 
     fn index(&self, reference: &str, tag: &str) -> anyhow::Result<Blob> {

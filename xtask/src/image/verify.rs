@@ -3,9 +3,6 @@
 use std::{collections::BTreeMap, fs, io::Read, path::Path};
 
 use anyhow::Context;
-use sha2::{Digest as _, Sha256};
-
-use crate::image::layer;
 
 /// What a tar entry looks like, field by field, for comparison.
 #[derive(Debug, PartialEq, Eq)]
@@ -91,7 +88,7 @@ fn entries(tar_bytes: &[u8]) -> anyhow::Result<Vec<(String, EntryFacts)>> {
                     .map(|l| l.display().to_string())
                     .unwrap_or_default(),
             ),
-            ("content sha256", layer::hex(&Sha256::digest(&content))),
+            ("content sha256", crate::digest::sha256_hex(&content)),
         ]);
         acc.push((path, EntryFacts { fields }));
     }
@@ -101,7 +98,7 @@ fn entries(tar_bytes: &[u8]) -> anyhow::Result<Vec<(String, EntryFacts)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::layer::{Entry, Source};
+    use crate::image::layer::{self, Entry, Source};
 
     fn write_layer(dir: &Path, name: &str, entries: Vec<Entry>, mtime: u64) -> std::path::PathBuf {
         let path = dir.join(name);

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 use xshell::{Shell, cmd};
 
-use crate::registry::base64;
+use crate::digest::base64;
 
 /// A password or token. `Debug` prints `<redacted>`; there is no `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -29,7 +29,44 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
+        f.write_str(REDACTED)
+    }
+}
+
+/// The one placeholder for a masked secret, in `Debug` output and in redacted text alike.
+pub(crate) const REDACTED: &str = "<redacted>";
+
+/// Replaces every known secret value in text that is printed: registry error bodies,
+/// remote output, container logs. A second line of defence: secrets are not supposed to
+/// get there.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Redactor {
+    /// Longest first, so a secret that contains another is replaced whole.
+    values: Vec<Secret>,
+}
+
+impl Redactor {
+    pub(crate) fn add(&mut self, secret: &Secret) {
+        // Multi-line secrets (a private key) are matched line by line: output is printed by line.
+        for line in secret.expose().lines() {
+            let line = line.trim();
+            // Very short fragments (a key's `-----` fences cut by `trim`) would mangle output.
+            if line.len() >= 4 && !self.values.iter().any(|known| known.expose() == line) {
+                self.values.push(Secret::new(line));
+            }
+        }
+        self.values
+            .sort_by_key(|value| std::cmp::Reverse(value.expose().len()));
+    }
+
+    pub(crate) fn redact(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        for value in &self.values {
+            if text.contains(value.expose()) {
+                text = text.replace(value.expose(), REDACTED);
+            }
+        }
+        text
     }
 }
 

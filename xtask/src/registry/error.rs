@@ -3,6 +3,11 @@
 
 use std::{fmt, time::Duration};
 
+use crate::registry::{
+    challenge::Challenge, credentials::Credentials, reference::Registry, retry::parse_retry_after,
+    transport::Response,
+};
+
 /// What went wrong, by what the caller can do about it.
 #[derive(Debug)]
 pub(crate) enum Error {
@@ -266,6 +271,113 @@ fn reason(status: u16) -> &'static str {
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
         _ => "",
+    }
+}
+
+/// What to set when the registry wants credentials and there are none.
+pub(crate) fn no_credentials_hint(registry: &Registry) -> String {
+    let ghcr = if registry.is_ghcr() {
+        " (or GHCR_TOKEN for ghcr.io)"
+    } else {
+        ""
+    };
+    format!(
+        "no credentials found for {host}: set REGISTRY_USERNAME and REGISTRY_PASSWORD{ghcr}, or run `docker login {host}`",
+        host = registry
+    )
+}
+
+/// The error for a request still refused after renewal (`err`, already redacted), with
+/// what to do about it.
+pub(crate) fn unauthorized(
+    err: Error,
+    registry: &Registry,
+    credentials: Option<&Credentials>,
+    repository: &str,
+    challenge: Option<&Challenge>,
+) -> Error {
+    let failure = match err {
+        Error::Unauthorized(failure) => failure,
+        other => return other,
+    };
+    match (challenge, credentials) {
+        (Some(Challenge::Bearer(bearer)), _)
+            if bearer.error.as_deref() == Some("insufficient_scope") =>
+        {
+            let mut failure = failure;
+            failure.detail = Some("the token lacks access (insufficient_scope)".to_owned());
+            Error::Denied(failure).with_hint(denied_hint(registry, credentials, repository))
+        }
+        (Some(Challenge::Bearer(bearer)), _) if bearer.error.as_deref() == Some("invalid_token") => {
+            Error::Unauthorized(failure).with_hint(format!(
+                "the registry refused a freshly issued token from {} (invalid_token): it expired on arrival (clock skew between token server and registry?) or is signed by a key the registry does not trust",
+                bearer.realm
+            ))
+        }
+        (_, None) => Error::Unauthorized(failure).with_hint(no_credentials_hint(registry)),
+        (_, Some(creds)) => Error::Unauthorized(failure).with_hint(format!(
+            "the registry rejected the credentials of user `{}` (from {}): check the password or token",
+            creds.username, creds.source
+        )),
+    }
+}
+
+/// Why a push may be refused, and where to grant the permission.
+pub(crate) fn denied_hint(
+    registry: &Registry,
+    credentials: Option<&Credentials>,
+    repository: &str,
+) -> String {
+    if registry.is_ghcr() {
+        format!(
+            "on ghcr.io this means the token lacks `write:packages` (a workflow needs `permissions: packages: write`) or the package `{repository}` is not linked to this repository: GitHub links it through the `org.opencontainers.image.source` label the build sets; for a package created earlier, grant the repository write access in the package's settings (Manage Actions access)"
+        )
+    } else {
+        let who = credentials.map_or("anonymous access".to_owned(), |c| {
+            format!("user `{}` (from {})", c.username, c.source)
+        });
+        format!("{who} may not push to `{repository}` on {registry}")
+    }
+}
+
+/// An unexpected response (`err`, already built from it and redacted) with its
+/// `Retry-After` and hints for the common cases.
+pub(crate) fn with_hints(
+    mut err: Error,
+    res: &Response,
+    registry: &Registry,
+    credentials: Option<&Credentials>,
+    repository: &str,
+) -> Error {
+    if let Some(wait) = res
+        .header("retry-after")
+        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
+    {
+        err.failure_mut().retry_after = Some(wait);
+    }
+    let hint = if matches!(err, Error::Denied(_)) {
+        Some(denied_hint(registry, credentials, repository))
+    } else if err.has_code("DIGEST_INVALID") {
+        Some("the blob on disk does not match its digest: run `cargo xtask build` again".to_owned())
+    } else if err.has_code("MANIFEST_BLOB_UNKNOWN") {
+        Some("a blob the manifest references is missing from the registry (deleted during the push?): push again".to_owned())
+    } else if err.has_code("MANIFEST_INVALID") {
+        Some(
+            "the registry refused the manifest that `cargo xtask build` wrote; its error says why"
+                .to_owned(),
+        )
+    } else if err.has_code("NAME_UNKNOWN") {
+        Some(format!(
+            "repository `{repository}` does not exist on {registry}: check `--namespace`"
+        ))
+    } else if err.has_code("NAME_INVALID") {
+        Some("the registry refused the repository name: check `--namespace`".to_owned())
+    } else {
+        None
+    };
+    match hint {
+        Some(hint) => err.with_hint(hint),
+        None => err,
     }
 }
 

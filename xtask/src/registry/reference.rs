@@ -5,7 +5,7 @@
 
 use std::{fmt, net::IpAddr};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 
 /// A registry host and the scheme used to talk to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,13 +46,7 @@ impl Registry {
                 "`--registry {host}`: give the host only (`ghcr.io`, `127.0.0.1:5000`); plain HTTP is chosen for loopback hosts and `--insecure-registry HOST`"
             );
         }
-        let valid = !host.is_empty()
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b));
-        if !valid {
-            bail!("`{host}` is not a registry host (expected `ghcr.io` or `HOST:PORT`)");
-        }
+        validate_host(&host)?;
         let explicitly_insecure = insecure.iter().any(|entry| {
             let entry = entry.trim().to_ascii_lowercase();
             entry == host || entry == hostname(&host)
@@ -96,6 +90,19 @@ impl Registry {
     pub(crate) fn owns(&self, url: &str) -> bool {
         authority(url).is_some_and(|a| a.eq_ignore_ascii_case(&self.host))
     }
+}
+
+/// The registry host grammar: `ghcr.io`, `127.0.0.1:5000`, `[::1]:5000` (lower case).
+pub(crate) fn validate_host(host: &str) -> anyhow::Result<()> {
+    let valid = !host.is_empty()
+        && !host.starts_with(['-', '.'])
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-:[]_".contains(&b));
+    if !valid {
+        bail!("`{host}` is not a registry host (expected `ghcr.io` or `HOST:PORT`)");
+    }
+    Ok(())
 }
 
 /// The host without its port: `[::1]:5000` gives `[::1]`, `ghcr.io:443` gives `ghcr.io`.
@@ -173,18 +180,47 @@ pub(crate) fn validate_tag(tag: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `sha256:` and 64 lower-case hex digits: the only digests this project writes.
-pub(crate) fn validate_digest(digest: &str) -> anyhow::Result<()> {
-    let ok = digest.strip_prefix("sha256:").is_some_and(|hex| {
-        hex.len() == 64
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    });
-    if !ok {
-        bail!("`{digest}` is not a sha256 digest");
+/// `HOST/REPOSITORY:TAG`, split; Docker Hub names get their implicit host and `library/`.
+/// The one image-reference parser: base images and deploy settings read references here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ImageReference {
+    pub(crate) host: String,
+    pub(crate) repository: String,
+    pub(crate) tag: String,
+}
+
+impl ImageReference {
+    pub(crate) fn parse(reference: &str) -> anyhow::Result<ImageReference> {
+        let (name, tag) = match reference.rsplit_once(':') {
+            Some((name, tag)) if !tag.contains('/') => (name, tag),
+            _ => (reference, "latest"),
+        };
+        let (host, repository) = match name.split_once('/') {
+            Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
+                (first.to_owned(), rest.to_owned())
+            }
+            Some(_) => ("registry-1.docker.io".to_owned(), name.to_owned()),
+            None => ("registry-1.docker.io".to_owned(), format!("library/{name}")),
+        };
+        if repository.is_empty() || tag.is_empty() {
+            bail!("`{reference}` is not an image reference (expected `HOST/REPOSITORY:TAG`)");
+        }
+        validate_host(&host).with_context(|| format!("image reference `{reference}`"))?;
+        validate_repository(&repository)
+            .with_context(|| format!("image reference `{reference}`"))?;
+        validate_tag(tag).with_context(|| format!("image reference `{reference}`"))?;
+        Ok(ImageReference {
+            host,
+            repository,
+            tag: tag.to_owned(),
+        })
     }
-    Ok(())
+}
+
+impl fmt::Display for ImageReference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}:{}", self.host, self.repository, self.tag)
+    }
 }
 
 /// The `scheme://authority` part of an absolute URL, and its authority.
@@ -311,7 +347,7 @@ mod tests {
     }
 
     #[test]
-    fn tags_and_digests() {
+    fn tags() {
         validate_tag("abc1234").unwrap();
         validate_tag("0f2eb79-dirty").unwrap();
         validate_tag("_x.Y-1").unwrap();
@@ -319,10 +355,6 @@ mod tests {
         assert!(validate_tag(".x").is_err());
         assert!(validate_tag(&"a".repeat(129)).is_err());
         assert!(validate_tag("a:b").is_err());
-        validate_digest(&format!("sha256:{}", "0a".repeat(32))).unwrap();
-        assert!(validate_digest(&format!("sha256:{}", "0A".repeat(32))).is_err());
-        assert!(validate_digest("sha256:abc").is_err());
-        assert!(validate_digest(&format!("sha512:{}", "0a".repeat(32))).is_err());
     }
 
     #[test]
@@ -388,5 +420,39 @@ mod tests {
         assert!(!registry.owns("https://storage.example/blob"));
         assert_eq!(hostname("[::1]:5000"), "[::1]");
         assert_eq!(hostname("ghcr.io"), "ghcr.io");
+    }
+
+    #[test]
+    fn references_get_their_implicit_host_and_tag() {
+        let cases = [
+            (
+                "gcr.io/distroless/cc-debian12:nonroot",
+                ("gcr.io", "distroless/cc-debian12", "nonroot"),
+            ),
+            (
+                "127.0.0.1:5000/test/base",
+                ("127.0.0.1:5000", "test/base", "latest"),
+            ),
+            (
+                "nginx:1.27",
+                ("registry-1.docker.io", "library/nginx", "1.27"),
+            ),
+            (
+                "bitnami/nginx:1.27",
+                ("registry-1.docker.io", "bitnami/nginx", "1.27"),
+            ),
+        ];
+        for (input, (host, repository, tag)) in cases {
+            let parsed = ImageReference::parse(input).unwrap();
+            assert_eq!(
+                (
+                    parsed.host.as_str(),
+                    parsed.repository.as_str(),
+                    parsed.tag.as_str()
+                ),
+                (host, repository, tag),
+                "{input}"
+            );
+        }
     }
 }

@@ -38,10 +38,7 @@ fn env_lines() -> Vec<EnvLine> {
 }
 
 fn credentials() -> Credentials {
-    Credentials {
-        username: "octocat".to_owned(),
-        password: Secret::new("ghp_registrytoken123"),
-    }
+    Credentials::new("octocat", "ghp_registrytoken123", "the test")
 }
 
 fn images() -> Vec<ImageLine> {
