@@ -3,7 +3,11 @@
 //! engine, and check the no-change, one-line-change, mount, fault and error paths.
 //!
 //! Each check is a named unit of the `push` suite (`cargo xtask ci --only push/NAME`); the
-//! registries and the fault proxy start when a selected check first needs them.
+//! registries and the fault proxy start when a selected check first needs them. The fault
+//! checks are in `push_checks/faults.rs`, the permanent errors in `push_checks/errors.rs`.
+
+mod errors;
+mod faults;
 
 use std::{
     cell::OnceCell,
@@ -25,11 +29,11 @@ use crate::{
     },
     harness::{
         docker,
-        fault_proxy::{Fault, FaultKind, FaultProxy},
+        fault_proxy::FaultProxy,
         lab::changed_backend,
         registry::{Auth, DOCKER_REGISTRY, HTPASSWD, OPENSSL, TestRegistry},
     },
-    image::{BuildReport, BuiltImage, oci::Blob},
+    image::{BuildReport, BuiltImage},
     project::Revision,
     provision,
     push::{CredentialSource, PushOptions, PushedImage, push_built},
@@ -157,226 +161,9 @@ fn checks<'a>() -> Vec<Check<PushLab<'a>>> {
         )
         .needs(cold_push_name(Mode::Htpasswd)),
     ]);
-    checks.extend(fault_checks());
-    checks.extend(error_checks());
+    checks.extend(faults::checks());
+    checks.extend(errors::checks());
     checks
-}
-
-/// Faults from a proxy in front of the no-auth registry: each push completes with the
-/// right digest and reports its retries; endless faults fail within the bound with no tag.
-fn fault_checks<'a>() -> Vec<Check<PushLab<'a>>> {
-    let blob_put = |kind, times| Fault {
-        method: "PUT",
-        path: "/blobs/uploads/",
-        kind,
-        times,
-    };
-    let slow_timeout = Duration::from_secs(2);
-    let retried = [
-        (
-            "fault-retry-500",
-            "500 on blob PUT",
-            blob_put(FaultKind::Status(500), Some(2)),
-            None,
-        ),
-        (
-            "fault-retry-503",
-            "503 on blob PUT",
-            blob_put(FaultKind::Status(503), Some(2)),
-            None,
-        ),
-        (
-            "fault-retry-429",
-            "429 with Retry-After on blob PUT",
-            blob_put(
-                FaultKind::TooManyRequests {
-                    retry_after_secs: 1,
-                },
-                Some(1),
-            ),
-            None,
-        ),
-        (
-            "fault-retry-reset",
-            "connection reset mid-upload",
-            blob_put(FaultKind::ResetMidBody, Some(1)),
-            None,
-        ),
-        (
-            "fault-retry-slow",
-            "slow response past the timeout",
-            blob_put(
-                FaultKind::Slow(slow_timeout + Duration::from_secs(1)),
-                Some(1),
-            ),
-            Some(slow_timeout),
-        ),
-    ];
-    let mut checks = Vec::new();
-    for (idx, (name, title, fault, timeout)) in retried.into_iter().enumerate() {
-        let namespace = format!("faults/s{idx}");
-        checks.push(Check::new(
-            name,
-            format!("fault: {title}"),
-            move |lab: &PushLab<'a>| lab.retried_fault(&fault, timeout, &namespace),
-        ));
-    }
-    for (name, title, path, namespace) in [
-        (
-            "fault-endless-blob-put",
-            "endless 503 on blob PUT",
-            "/blobs/uploads/",
-            "faults/endless-blob",
-        ),
-        (
-            "fault-endless-manifest-put",
-            "endless 503 on manifest PUT",
-            "/manifests/",
-            "faults/endless-manifest",
-        ),
-    ] {
-        checks.push(Check::new(
-            name,
-            format!("fault: {title}"),
-            move |lab: &PushLab<'a>| lab.endless_fault(path, namespace),
-        ));
-    }
-    checks
-}
-
-/// Permanent failures: each a clear one-line error of the right kind, with no secret in it.
-fn error_checks<'a>() -> Vec<Check<PushLab<'a>>> {
-    vec![
-        Check::new(
-            "error-wrong-password-htpasswd",
-            "error: wrong password (htpasswd)",
-            |lab: &PushLab<'a>| {
-                let basic = lab.registry(Mode::Htpasswd)?;
-                let creds = wrong_password(basic);
-                let opts = options(&basic.host(), Some(&creds), "ci/tm");
-                lab.expect_error(
-                    &opts,
-                    lab.backend()?,
-                    |e| matches!(e, registry::Error::Unauthorized(_)),
-                    &["401", "backend", "user `ci`", "check the password"],
-                    Some(creds.secret.expose()),
-                )
-            },
-        ),
-        Check::new(
-            "error-wrong-password-token",
-            "error: wrong password (token)",
-            |lab: &PushLab<'a>| {
-                let token = lab.registry(Mode::Token)?;
-                let creds = wrong_password(token);
-                let opts = options(&token.host(), Some(&creds), "ci/tm");
-                lab.expect_error(
-                    &opts,
-                    lab.backend()?,
-                    |e| matches!(e, registry::Error::Unauthorized(_)),
-                    &[
-                        "401",
-                        "fetching a token",
-                        "token server rejected",
-                        "user `ci`",
-                    ],
-                    Some(creds.secret.expose()),
-                )
-            },
-        ),
-        Check::new(
-            "expired-token-renewed",
-            "expired token is renewed once",
-            |lab: &PushLab<'a>| {
-                let token = lab.registry(Mode::Token)?;
-                let token_server = token.token_server.as_ref().context("no token server")?;
-                token_server.issue_expired(1);
-                let opts = options(&token.host(), token.credentials.as_ref(), "ci/expired-once");
-                let before = token_server.requests();
-                let pushed = lab.push(&opts, std::slice::from_ref(lab.backend()?))?;
-                let tokens = token_server.requests() - before;
-                ensure!(
-                    tokens >= 2,
-                    "only {tokens} token requests: the expired token was not renewed"
-                );
-                Ok(format!(
-                    "pushed {} with {tokens} token requests",
-                    pushed[0].digest
-                ))
-            },
-        ),
-        Check::new(
-            "error-expired-token",
-            "error: expired token (every token)",
-            |lab: &PushLab<'a>| {
-                let token = lab.registry(Mode::Token)?;
-                let token_server = token.token_server.as_ref().context("no token server")?;
-                token_server.issue_expired(usize::MAX);
-                let opts = options(&token.host(), token.credentials.as_ref(), "ci/expired");
-                let res = lab.backend().and_then(|backend| {
-                    lab.expect_error(
-                        &opts,
-                        backend,
-                        |e| matches!(e, registry::Error::Unauthorized(_)),
-                        &["401", "invalid_token", "backend"],
-                        None,
-                    )
-                });
-                token_server.issue_expired(0);
-                res
-            },
-        ),
-        Check::new(
-            "error-unknown-repository",
-            "error: unknown repository (token server grants nothing)",
-            |lab: &PushLab<'a>| {
-                let token = lab.registry(Mode::Token)?;
-                let opts = options(&token.host(), token.credentials.as_ref(), "unknown/tm");
-                let message = lab.expect_error(
-                    &opts,
-                    lab.backend()?,
-                    |e| matches!(e, registry::Error::Denied(_)),
-                    &["unknown/tm/backend", "may not push"],
-                    None,
-                )?;
-                // Read-only clients (deploy) see an unknown repository as an absent manifest.
-                let absent = read_client(lab.registry(Mode::NoAuth)?)?
-                    .manifest_digest("nobody/nothing", "latest")?;
-                ensure!(
-                    absent.is_none(),
-                    "HEAD on an unknown repository gave {absent:?}"
-                );
-                Ok(message)
-            },
-        ),
-        Check::new(
-            "error-manifest-rejected",
-            "error: manifest rejected",
-            |lab: &PushLab<'a>| {
-                let plain = lab.registry(Mode::NoAuth)?;
-                let backend = lab.backend()?;
-                let mut broken = backend.clone();
-                let mut manifest: Value = serde_json::from_slice(&backend.blobs.manifest.bytes)?;
-                manifest["config"] = Value::from(42);
-                broken.blobs.manifest = Blob::from_json(&manifest);
-                let opts = options(&plain.host(), None, "ci/rejected");
-                let message = lab.expect_error(
-                    &opts,
-                    &broken,
-                    |e| matches!(e, registry::Error::Rejected(_)),
-                    &["400", "MANIFEST_INVALID", "pushing manifest", "backend"],
-                    None,
-                )?;
-                lab.expect_tags(
-                    plain,
-                    "ci/rejected/backend",
-                    &broken.blobs.manifest.digest,
-                    false,
-                )?;
-                Ok(message)
-            },
-        ),
-    ]
 }
 
 /// What the push checks share: the images, a scratch directory, and the registries and
@@ -418,19 +205,6 @@ fn options(registry_host: &str, creds: Option<&Credentials>, namespace: &str) ->
     }
 }
 
-/// The registry's user with a wrong password.
-fn wrong_password(registry: &TestRegistry) -> Credentials {
-    let creds = registry
-        .credentials
-        .clone()
-        .unwrap_or_else(|| Credentials::new("ci", "", "test"));
-    Credentials::new(
-        &creds.username,
-        &format!("{}-wrong", creds.secret.expose()),
-        "test",
-    )
-}
-
 impl PushLab<'_> {
     /// The registry of `mode`, started on first use.
     fn registry(&self, mode: Mode) -> anyhow::Result<&TestRegistry> {
@@ -470,139 +244,6 @@ impl PushLab<'_> {
             .join(format!("mounts-{}.json", registry.addr.port()))
     }
 
-    /// A fault that clears after `fault.times` requests: the push completes with the right
-    /// digest and reports at least as many retries.
-    fn retried_fault(
-        &self,
-        fault: &Fault,
-        timeout: Option<Duration>,
-        namespace: &str,
-    ) -> anyhow::Result<String> {
-        let proxy = self.proxy()?;
-        let registry = self.registry(Mode::NoAuth)?;
-        let backend = self.backend()?;
-        let times = fault.times.unwrap_or(0);
-        proxy.set_schedule(vec![fault.clone()]);
-        let injected_before = proxy.injected();
-        let mut opts = options(&proxy.host(), None, namespace);
-        if let Some(timeout) = timeout {
-            opts.client.timeout = timeout;
-        }
-        let start = Instant::now();
-        let pushed = self.push(&opts, std::slice::from_ref(backend))?;
-        let image = &pushed[0];
-        let injected = proxy.injected() - injected_before;
-        ensure!(
-            image.digest == backend.blobs.manifest.digest,
-            "pushed {} through faults, built {}",
-            image.digest,
-            backend.blobs.manifest.digest
-        );
-        ensure!(
-            injected == times,
-            "{injected} faults injected, {times} scheduled"
-        );
-        ensure!(
-            image.retries >= injected as u64,
-            "{injected} faults but {} retries reported",
-            image.retries
-        );
-        self.expect_tags(registry, path_of(&image.repository), &image.digest, true)?;
-        Ok(format!(
-            "{injected} injected, {} retries, same digest, {:.1} s",
-            image.retries,
-            start.elapsed().as_secs_f64()
-        ))
-    }
-
-    /// 503 on every PUT matching `path`: the push fails within the retry bound, with a
-    /// one-line error, and writes no tag.
-    fn endless_fault(&self, path: &'static str, namespace: &str) -> anyhow::Result<String> {
-        let endless = RetryPolicy {
-            max_attempts: 4,
-            initial_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(1),
-            max_elapsed: Duration::from_secs(5),
-        };
-        let proxy = self.proxy()?;
-        let registry = self.registry(Mode::NoAuth)?;
-        let backend = self.backend()?;
-        proxy.set_schedule(vec![Fault {
-            method: "PUT",
-            path,
-            kind: FaultKind::Status(503),
-            times: None,
-        }]);
-        let mut opts = options(&proxy.host(), None, namespace);
-        opts.client.retry = endless;
-        let start = Instant::now();
-        let err = match self.push(&opts, std::slice::from_ref(backend)) {
-            Ok(_) => bail!("a push through endless faults succeeded"),
-            Err(err) => err,
-        };
-        let elapsed = start.elapsed();
-        let message = format!("{err:#}");
-        let bound = endless.max_elapsed + opts.client.timeout;
-        ensure!(
-            elapsed < bound,
-            "gave up after {elapsed:?}, bound {bound:?}"
-        );
-        ensure!(
-            message.contains("503")
-                && message.contains("gave up after")
-                && message.contains("backend"),
-            "unclear error: {message}"
-        );
-        ensure!(!message.contains('\n'), "error spans lines: {message}");
-        self.expect_tags(
-            registry,
-            &format!("{namespace}/backend"),
-            &backend.blobs.manifest.digest,
-            false,
-        )?;
-        Ok(format!(
-            "failed in {:.1} s, no tag: {message}",
-            elapsed.as_secs_f64()
-        ))
-    }
-
-    /// A push that must fail with a registry error of `kind` whose one-line message holds
-    /// every needle and not the secret; returns the message.
-    fn expect_error(
-        &self,
-        opts: &PushOptions,
-        image: &BuiltImage,
-        kind: fn(&registry::Error) -> bool,
-        needles: &[&str],
-        secret: Option<&str>,
-    ) -> anyhow::Result<String> {
-        let err = match self.push(opts, std::slice::from_ref(image)) {
-            Ok(_) => bail!("the push succeeded"),
-            Err(err) => err,
-        };
-        let message = format!("{err:#}");
-        let typed = err
-            .downcast_ref::<registry::Error>()
-            .with_context(|| format!("not a registry error: {message}"))?;
-        ensure!(kind(typed), "wrong error kind {typed:?}");
-        for needle in needles {
-            ensure!(
-                message.contains(needle),
-                "`{needle}` missing from: {message}"
-            );
-        }
-        ensure!(!message.contains('\n'), "error spans lines: {message}");
-        if let Some(secret) = secret {
-            ensure!(
-                !message.contains(secret),
-                "the secret leaked into: {message}"
-            );
-        }
-        Ok(message)
-    }
-}
-
-impl PushLab<'_> {
     fn push(&self, opts: &PushOptions, images: &[BuiltImage]) -> anyhow::Result<Vec<PushedImage>> {
         push_built(self.sh, opts, self.revision, images)
     }
