@@ -262,8 +262,10 @@ impl<'a> Run<'a> {
             let repository = format!("{}/{service}", images.repository);
             match client.manifest_digest(&repository, &images.tag)? {
                 Some(digest) => {
-                    self.pushed
-                        .insert((*service).to_owned(), (digest.to_string(), images.tag.clone()));
+                    self.pushed.insert(
+                        (*service).to_owned(),
+                        (digest.to_string(), images.tag.clone()),
+                    );
                 }
                 None => missing.push(format!("{}/{repository}:{}", images.registry, images.tag)),
             }
