@@ -37,8 +37,9 @@ use crate::{
     image::{BuildReport, BuiltImage},
     project::Revision,
     provision,
-    push::{CredentialSource, PushOptions, PushedImage, human_bytes, push_built},
+    push::{CredentialSource, PushOptions, PushedImage, push_built},
     registry::{self, Client, ClientOptions, Credentials, RetryPolicy},
+    steps::human_bytes,
 };
 
 /// Runs the push checks `only` names (all when `None`) against the built images.
