@@ -1,4 +1,4 @@
-//! Named, timed steps with a summary, shared by every multi-step command.
+//! Named, timed steps with a summary, shared by every multi-step command, and how durations and sizes print.
 
 use std::time::{Duration, Instant};
 

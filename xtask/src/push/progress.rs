@@ -1,4 +1,4 @@
-//! Push progress on stderr, and byte counts as people read them.
+//! Push progress on stderr: a redrawn line per image while blobs upload.
 
 use std::{
     io::{IsTerminal, Write},
