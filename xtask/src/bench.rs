@@ -9,7 +9,7 @@ use xshell::{Shell, cmd};
 use crate::{
     flags,
     harness::{
-        lab::{Lab, changed_backend},
+        lab::{Compose, Lab, changed_backend},
         registry::{Auth, TestRegistry},
     },
     image, project,
@@ -298,20 +298,25 @@ fn bench_push_row(name: &str, samples: &[PushSample]) {
     );
 }
 
-/// A no-change deploy over ssh on loopback (sshd, registry, Docker, PostgreSQL from the e2e
-/// lab): wall time, its split by step, and the TCP connections sshd accepted.
+/// A no-change deploy over ssh on loopback to the e2e lab's production stack (the unchanged
+/// `docker-compose.prod.yml` behind Traefik, under compose v2): wall time, its split by step,
+/// and the TCP connections sshd accepted.
 fn bench_deploy(sh: &Shell, runs: usize) -> anyhow::Result<()> {
     let machine = machine(sh);
     let lab = Lab::start(sh)?;
+    let server = lab.server("timemanager", Compose::V2, false);
     lab.prepare_clone(sh)?;
-    let a = lab.build(sh, "A", None)?;
+    let a = lab.build(sh, "A")?;
     eprintln!("first deploy of {} (not measured)...", a.tag);
-    lab.deploy(sh, &a, &[])?.expect_ok("the first deploy")?;
+    lab.deploy(sh, &server, &a, &[])?
+        .expect_ok("the first deploy")?;
     let mut samples = Vec::new();
     for run in 0..runs.max(1) {
         eprintln!("no-change deploy {}/{runs}...", run + 1);
-        let out = lab.deploy(sh, &a, &[])?.expect_ok("a no-change deploy")?;
-        let record = lab.last_record()?;
+        let out = lab
+            .deploy(sh, &server, &a, &[])?
+            .expect_ok("a no-change deploy")?;
+        let record = server.last_record()?;
         samples.push((out.elapsed, out.connections, record["steps"].clone()));
     }
     let median = |mut values: Vec<f64>| {
@@ -339,7 +344,10 @@ fn bench_deploy(sh: &Shell, runs: usize) -> anyhow::Result<()> {
         ("health gate", &["health gate"]),
         ("cleanup", &["cleanup"]),
     ];
-    println!("machine: {machine}; compose: docker-compose v1 on the local engine");
+    println!(
+        "machine: {machine}; the production stack (Traefik, PostgreSQL, backend, frontend) under {} on the local engine",
+        server.compose.name()
+    );
     println!(
         "| no-change deploy (median of {}) | seconds |",
         samples.len()

@@ -1,22 +1,25 @@
-//! `cargo xtask e2e`: deploys, rolls back and breaks releases on one machine, with real
-//! parts only, all on loopback: sshd as the server (Debian's openssh-server, a generated
-//! key, root), a registry with htpasswd auth (Debian's docker-registry), the Docker engine,
-//! and PostgreSQL, from the lab in `harness/lab.rs`.
+//! `cargo xtask e2e`: deploys, rolls back and breaks releases of the production stack on one
+//! machine, with real parts only, all on loopback, from the lab in `harness/lab.rs`: sshd as
+//! the server, an htpasswd registry, the Docker engine, and `docker-compose.prod.yml` byte for
+//! byte (Traefik in front on 80/443, PostgreSQL in its named volume) with the lab's override.
 //!
 //! The releases are real builds of this checkout, from a scratch clone whose target
 //! directory persists under `target/e2e/` (reruns are incremental; the developer's own
 //! target directory is never touched):
 //!
 //! - A: the working tree, committed;
-//! - B: A plus a code change (a new static in the backend: another binary, another revision);
-//! - C: B with `/health` answering 503 (a backend that fails its health check).
+//! - B: A plus a code change (another binary, another revision) and a changed Traefik
+//!   configuration file (a response header), which must reach the unchanged Traefik;
+//! - C: B with a backend that cannot reach the database (it connects to a wrong port).
 //!
 //! Each deploy runs the clone's own `cargo xtask deploy`, as CI would on that commit. The
-//! scenario is six numbered steps, one function each, that each return their report line;
-//! a step builds on the server state the previous one left, so they run in order and the
-//! first failure ends the run.
+//! scenario is numbered steps, one function each, that each return their report line; a step
+//! builds on the server state the previous one left, so they run in order and the first
+//! failure ends the run. Steps 1 to 7 run under compose v2 (production's) with the
+//! monitoring profile; step 8 deploys and rolls back under compose v1 on the same lab.
 
 mod probes;
+mod stack;
 
 use std::{
     fs,
@@ -26,31 +29,28 @@ use std::{
 };
 
 use anyhow::{Context, ensure};
-use serde_json::Value;
 use xshell::Shell;
 
 use crate::{
     e2e::probes::{Poller, Scanner, leftover_processes, leftover_ssh_dirs},
     flags,
-    harness::{
-        http,
-        lab::{Lab, Release, XtaskRun, commit},
-    },
-    steps::{Steps, format_duration},
+    harness::lab::{Compose, Lab, Release, Server, XtaskRun, commit},
+    steps::{Steps, format_duration, human_bytes},
 };
 
 impl flags::E2e {
     pub(crate) fn run(self, sh: &Shell) -> anyhow::Result<()> {
         let mut steps = Steps::default();
-        let lab = steps.run("start sshd, registry, PostgreSQL, Docker", || {
-            Lab::start(sh)
-        })?;
-        let mut lab = lab;
+        let mut lab = steps.run(
+            "lab: engine, compose v2, stand-in images, registry, sshd",
+            || Lab::start(sh),
+        )?;
         lab.keep = self.keep_server_dir;
         let markers = lab.process_markers();
-        let result = scenario(sh, &lab, &mut steps);
+        let result = scenario(sh, &mut lab, &mut steps);
         if result.is_err() {
             eprintln!("sshd log ends:\n{}", lab.sshd.log_tail());
+            eprintln!("the stack:\n{}", stack::state_report(sh));
         }
         drop(lab);
         let leftovers = leftover_processes(&markers);
@@ -59,6 +59,16 @@ impl flags::E2e {
                 leftovers.is_empty(),
                 "processes left behind:\n  {}",
                 leftovers.join("\n  ")
+            );
+            let containers = stack::running_services(sh)?;
+            ensure!(
+                containers.is_empty(),
+                "containers of the `timemanager` project left behind: {containers:?}"
+            );
+            ensure!(
+                stack::volume_created(sh).is_err(),
+                "the volume {} was left behind",
+                stack::POSTGRES_VOLUME
             );
             Ok(report)
         })?;
@@ -69,29 +79,41 @@ impl flags::E2e {
 }
 
 /// The numbered steps in order, then the report.
-fn scenario(sh: &Shell, lab: &Lab, steps: &mut Steps) -> anyhow::Result<String> {
+fn scenario(sh: &Shell, lab: &mut Lab, steps: &mut Steps) -> anyhow::Result<String> {
+    // node-exporter's `/:/host:ro,rslave` needs `/` shared, as on systemd hosts.
+    let shared_root = lab.share_root(sh)?;
+    let lab: &Lab = lab;
     let scanner = Scanner::start(lab.secret_values(), lab.running.clone());
     let mut run = Scenario {
         sh,
         lab,
         steps,
         outputs: Vec::new(),
+        server: lab.server("timemanager", Compose::V2, true),
     };
+    let mut report = vec![lab_images(lab)];
     run.steps
         .run("scratch clone: release A", || lab.prepare_clone(sh))?;
-    let a = run.steps.run("build A", || lab.build(sh, "A", None))?;
-    let (deployed_a, user_id) = run.deploy_a(&a)?;
-    let mut report = vec![deployed_a];
+    let a = run.steps.run("build A", || lab.build(sh, "A"))?;
+    let (line, data) = run.deploy_a(&a)?;
+    report.push(line);
     let b = run
         .steps
-        .run("build B (a code change)", || build_b(sh, lab, &a))?;
-    report.push(run.deploy_b(&b, user_id)?);
-    report.push(run.rollback_to_a(&a, user_id)?);
+        .run("build B (a code change, a Traefik header)", || {
+            build_b(sh, lab)
+        })?;
+    report.push(run.deploy_b(&b, &data)?);
+    report.push(run.rollback_to_a(&a, &data)?);
+    report.push(run.restart_postgres(&data)?);
     let c = run
         .steps
-        .run("build C (/health broken)", || build_c(sh, lab, &a))?;
-    report.push(run.deploy_c_unhealthy(&a, &c, user_id)?);
+        .run("build C (backend cannot reach the database)", || {
+            build_c(sh, lab)
+        })?;
+    report.push(run.deploy_c_no_database(&a, &c, &data)?);
     report.push(run.concurrent_deploys(&b)?);
+    report.push(run.monitoring(&shared_root)?);
+    report.push(run.compose_v1(&a, &b, &data)?);
     report.push(run.secrets(scanner)?);
     ensure!(
         leftover_ssh_dirs().is_empty(),
@@ -104,118 +126,197 @@ fn scenario(sh: &Shell, lab: &Lab, steps: &mut Steps) -> anyhow::Result<String> 
     ))
 }
 
-/// What the numbered steps share: the lab, the timed steps, and every run's output, which
-/// step 6 checks for secrets.
+/// The report line of the stand-in images: built (cold) or found in the cache.
+fn lab_images(lab: &Lab) -> String {
+    let images: Vec<String> = lab
+        .images
+        .iter()
+        .map(|image| {
+            format!(
+                "{} ({}, {})",
+                image.reference,
+                human_bytes(image.size_bytes),
+                if image.cached {
+                    "cached".to_owned()
+                } else {
+                    format!("built in {:.1} s", image.build_secs)
+                }
+            )
+        })
+        .collect();
+    format!(
+        "0. lab images in {}: {}",
+        format_duration(lab.images_time),
+        images.join(", ")
+    )
+}
+
+/// What every later step expects to find: data written in release A, and the volume it
+/// lives in.
+struct Data {
+    user_id: i64,
+    volume_created: String,
+}
+
+/// What the numbered steps share: the lab, the timed steps, every run's output (the last step
+/// checks them for secrets), and the server of the main scenario.
 struct Scenario<'a> {
     sh: &'a Shell,
     lab: &'a Lab,
     steps: &'a mut Steps,
     outputs: Vec<(&'static str, String)>,
+    server: Server,
 }
 
 impl Scenario<'_> {
-    /// Step 1, release A: health, data through the frontend's origin, .env mode. Also returns
-    /// the user it created, which every later step expects to find.
-    fn deploy_a(&mut self, a: &Release) -> anyhow::Result<(String, i64)> {
-        let (sh, lab) = (self.sh, self.lab);
+    /// Step 1, release A on an empty server: the edge through Traefik, data written through it
+    /// into PostgreSQL's volume, .env mode.
+    fn deploy_a(&mut self, a: &Release) -> anyhow::Result<(String, Data)> {
+        let (sh, lab, server) = (self.sh, self.lab, &self.server);
         let out = self.steps.run("1. deploy A", || {
-            lab.deploy(sh, a, &[])?.expect_ok("deploy A")
+            lab.deploy(sh, server, a, &[])?.expect_ok("deploy A")
         })?;
         one_connection(&out, "deploy A")?;
-        let line = format!(
-            "1. deploy A ({}): {}; A, B, the rollback and C each opened exactly 1 TCP connection to sshd",
-            a.tag,
-            format_duration(out.elapsed),
-        );
-        self.outputs.push(("1-deploy-A", out.output));
+        let figures = deploy_figures(server)?;
+        self.outputs.push(("1-deploy-A", out.output.clone()));
         ensure!(
             lab.revision()? == a.commit,
-            "/health does not show A's revision"
+            "{} does not show A's revision",
+            crate::harness::lab::HEALTH_URL
         );
+        let edge = self
+            .steps
+            .run("1. Traefik's edge", || stack::edge_checks(sh))?;
         let user_id = self
             .steps
-            .run("1. data through the frontend's origin", || create_data(lab))?;
-        let env_file = lab.base.join("releases").join(&a.tag).join(".env");
+            .run("1. data through Traefik", stack::create_data)?;
+        let volume_created = stack::postgres_volume(sh)?;
+        let env_file = server.base.join("releases").join(&a.tag).join(".env");
         let mode = fs::metadata(&env_file)?.permissions().mode() & 0o777;
         ensure!(mode == 0o600, "{} has mode {mode:o}", env_file.display());
-        ensure!(
-            lab.served_marker()? == a.marker().trim(),
-            "static serves {}",
-            lab.served_marker()?
+        let line = format!(
+            "1. deploy A ({}, {}, --profile monitoring) on an empty server: {} ({figures}); {edge}; user and clock entry written through Traefik into {}; A, B, the rollbacks and C each opened exactly 1 TCP connection to sshd",
+            a.tag,
+            server.compose.name(),
+            format_duration(out.elapsed),
+            stack::POSTGRES_VOLUME,
         );
-        Ok((line, user_id))
+        Ok((
+            line,
+            Data {
+                user_id,
+                volume_created,
+            },
+        ))
     }
 
-    /// Step 2, release B: a real code change, same data.
-    fn deploy_b(&mut self, b: &Release, user_id: i64) -> anyhow::Result<String> {
-        let (sh, lab) = (self.sh, self.lab);
-        let poller = Poller::start(lab.health_url());
+    /// Step 2, release B: a real code change and a changed Traefik file, same data.
+    fn deploy_b(&mut self, b: &Release, data: &Data) -> anyhow::Result<String> {
+        let (sh, lab, server) = (self.sh, self.lab, &self.server);
+        let poller = Poller::start();
         let out = self.steps.run("2. deploy B", || {
-            lab.deploy(sh, b, &[])?.expect_ok("deploy B")
+            lab.deploy(sh, server, b, &[])?.expect_ok("deploy B")
         })?;
-        let window_b = poller.stop();
+        let window = poller.stop();
         one_connection(&out, "deploy B")?;
+        self.outputs.push(("2-deploy-B", out.output.clone()));
+        let figures = deploy_figures(server)?;
         ensure!(
             lab.revision()? == b.commit,
-            "/health does not show B's revision"
+            "the health JSON does not show B's revision"
         );
-        check_data(lab, user_id)?;
+        stack::check_data(data.user_id)?;
         ensure!(
-            lab.served_marker()? == b.marker().trim(),
-            "the static service still serves `{}`: a changed config file did not reach it",
-            lab.served_marker()?
+            release_header()?.as_deref() == Some("B"),
+            "Traefik does not send B's `{RELEASE_HEADER}` header: a changed file of infrastructure/traefik/dynamic/ did not reach the unchanged Traefik"
         );
-        let line = format!(
-            "2. deploy B ({}): {}, /health not 200 for {} (container recreated), data kept, changed config file reached the unchanged service",
+        Ok(format!(
+            "2. deploy B ({}): {} ({figures}), health JSON not ok for {} (backend recreated), data kept, B's Traefik file served by the recreated Traefik",
             b.tag,
             format_duration(out.elapsed),
-            format_duration(window_b)
-        );
-        self.outputs.push(("2-deploy-B", out.output));
-        Ok(line)
+            format_duration(window.down)
+        ))
     }
 
     /// Step 3: rollback to A.
-    fn rollback_to_a(&mut self, a: &Release, user_id: i64) -> anyhow::Result<String> {
-        let (sh, lab) = (self.sh, self.lab);
-        let out = self
-            .steps
-            .run("3. rollback", || lab.rollback(sh)?.expect_ok("rollback"))?;
+    fn rollback_to_a(&mut self, a: &Release, data: &Data) -> anyhow::Result<String> {
+        let (sh, lab, server) = (self.sh, self.lab, &self.server);
+        let poller = Poller::start();
+        let out = self.steps.run("3. rollback", || {
+            lab.rollback(sh, server)?.expect_ok("rollback")
+        })?;
+        let window = poller.stop();
         one_connection(&out, "rollback")?;
+        self.outputs.push(("3-rollback", out.output.clone()));
         ensure!(lab.revision()? == a.commit, "rollback did not bring A back");
-        check_data(lab, user_id)?;
+        stack::check_data(data.user_id)?;
         ensure!(
-            lab.served_marker()? == a.marker().trim(),
-            "rollback left B's config file in use"
+            release_header()?.is_none(),
+            "rollback left B's Traefik file in use"
         );
-        let line = format!(
-            "3. rollback to A: {}, data kept, A's own config file back",
-            format_duration(out.elapsed)
-        );
-        self.outputs.push(("3-rollback", out.output));
-        Ok(line)
+        Ok(format!(
+            "3. rollback to A: {}, health JSON not ok for {}, data kept, A's own Traefik file back",
+            format_duration(out.elapsed),
+            format_duration(window.down)
+        ))
     }
 
-    /// Step 4, release C fails its health check: the deploy fails and A serves again.
-    fn deploy_c_unhealthy(
+    /// Step 4: PostgreSQL's container restarted; the data is in its volume, not the container.
+    fn restart_postgres(&mut self, data: &Data) -> anyhow::Result<String> {
+        let sh = self.sh;
+        let (restart, healthy) = self.steps.run("4. restart PostgreSQL", || {
+            let start = Instant::now();
+            xshell::cmd!(sh, "docker restart timemanager-postgres")
+                .quiet()
+                .ignore_stdout()
+                .run()?;
+            let restart = start.elapsed();
+            let healthy = stack::wait_healthy(Duration::from_secs(60))?;
+            anyhow::Ok((restart, restart + healthy))
+        })?;
+        stack::check_data(data.user_id)?;
+        let rows = stack::users_in_database(sh)?;
+        ensure!(rows == 1, "psql finds {rows} rows of the e2e user");
+        ensure!(
+            stack::postgres_volume(sh)? == data.volume_created,
+            "{} was recreated",
+            stack::POSTGRES_VOLUME
+        );
+        Ok(format!(
+            "4. `docker restart timemanager-postgres`: {}, health JSON ok again after {}; data kept, in the database (psql) and in the same volume {} (created {})",
+            format_duration(restart),
+            format_duration(healthy),
+            stack::POSTGRES_VOLUME,
+            data.volume_created.trim()
+        ))
+    }
+
+    /// Step 5, release C cannot reach the database: its gate fails and A serves again.
+    fn deploy_c_no_database(
         &mut self,
         a: &Release,
         c: &Release,
-        user_id: i64,
+        data: &Data,
     ) -> anyhow::Result<String> {
         let (sh, lab) = (self.sh, self.lab);
-        let poller = Poller::start(lab.health_url());
-        let out = self.steps.run("4. deploy C (unhealthy)", || {
-            let out = lab.deploy(sh, c, &[])?;
+        // The backend gives up on the database after 30 s and restarts: a short gate suffices.
+        let server = Server {
+            health_timeout: 75,
+            ..self.server.clone()
+        };
+        let poller = Poller::start();
+        let out = self.steps.run("5. deploy C (no database)", || {
+            let out = lab.deploy(sh, &server, c, &[])?;
             ensure!(
                 !out.ok,
-                "deploying the broken release succeeded:\n{}",
+                "deploying a release whose backend cannot reach the database succeeded:\n{}",
                 out.output
             );
             Ok(out)
         })?;
-        let window_c = poller.stop();
+        let window = poller.stop();
         one_connection(&out, "the failed deploy of C")?;
+        self.outputs.push(("5-deploy-C-no-database", out.output.clone()));
         ensure!(
             out.output
                 .contains(&format!("the server is back on {}", a.tag)),
@@ -227,31 +328,37 @@ impl Scenario<'_> {
             "the failed deploy printed no logs of the failing service:\n{}",
             out.output
         );
+        let why = out
+            .output
+            .lines()
+            .find(|line| line.contains("is not healthy"))
+            .unwrap_or("(no reason printed)")
+            .trim()
+            .to_owned();
         ensure!(
             lab.revision()? == a.commit,
             "A is not serving after the failed deploy"
         );
-        check_data(lab, user_id)?;
-        let record = lab.last_record()?;
+        stack::check_data(data.user_id)?;
+        let record = self.server.last_record()?;
         ensure!(record["result"] == "rolled-back", "last record: {record}");
-        let line = format!(
-            "4. deploy C (unhealthy): exit non-zero after {}, A serving again; /health not 200 for {}",
+        Ok(format!(
+            "5. deploy C (backend cannot reach the database): exit non-zero after {} ({why}), A serving again; health JSON not ok for {}, of which {} answers were Traefik's SPA fallback with 200",
             format_duration(out.elapsed),
-            format_duration(window_c)
-        );
-        self.outputs.push(("4-deploy-C-unhealthy", out.output));
-        Ok(line)
+            format_duration(window.down),
+            window.spa_fallbacks
+        ))
     }
 
-    /// Step 5: two deploys at once: the second fails fast, naming the holder.
+    /// Step 6: two deploys at once: the second fails fast, naming the holder.
     fn concurrent_deploys(&mut self, b: &Release) -> anyhow::Result<String> {
-        let (sh, lab) = (self.sh, self.lab);
-        let (first, second) = self.steps.run("5. two deploys at once", || {
-            let holder = lab.base.join(".deploy.lock.holder");
+        let (sh, lab, server) = (self.sh, self.lab, &self.server);
+        let (first, second) = self.steps.run("6. two deploys at once", || {
+            let holder = server.base.join(".deploy.lock.holder");
             std::thread::scope(|scope| -> anyhow::Result<(XtaskRun, XtaskRun)> {
                 let first = scope.spawn(|| {
                     let sh = Shell::new()?;
-                    lab.deploy(&sh, b, &["--no-push"])
+                    lab.deploy(&sh, server, b, &["--no-push"])
                 });
                 let deadline = Instant::now() + Duration::from_secs(60);
                 while !holder.exists() && !first.is_finished() {
@@ -261,7 +368,7 @@ impl Scenario<'_> {
                     );
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                let second = lab.deploy(sh, b, &["--no-push"])?;
+                let second = lab.deploy(sh, server, b, &["--no-push"])?;
                 let first = first
                     .join()
                     .unwrap_or_else(|_| Err(anyhow::format_err!("deploy thread panicked")))?;
@@ -290,16 +397,129 @@ impl Scenario<'_> {
             "B is not serving after the concurrent deploys"
         );
         let line = format!(
-            "5. concurrent deploys: second failed after {} naming the holder; first succeeded in {}",
+            "6. concurrent deploys: second failed after {} naming the holder; first succeeded in {}",
             format_duration(second.elapsed),
             format_duration(first.elapsed)
         );
-        self.outputs.push(("5-concurrent-first", first.output));
-        self.outputs.push(("5-concurrent-second", second.output));
+        self.outputs.push(("6-concurrent-first", first.output));
+        self.outputs.push(("6-concurrent-second", second.output));
         Ok(line)
     }
 
-    /// Step 6, secrets: in no argv on the machine during any deploy, in no output, .env 0600.
+    /// Step 7, the monitoring profile: Prometheus scrapes the backend; what has no stand-in
+    /// does not run.
+    fn monitoring(&mut self, shared_root: &str) -> anyhow::Result<String> {
+        let sh = self.sh;
+        let waited = self.steps.run("7. Prometheus scrapes the backend", || {
+            let start = Instant::now();
+            loop {
+                let up = stack::prometheus_up(sh, "backend")?;
+                if up.as_deref() == Some("1") {
+                    return Ok(start.elapsed());
+                }
+                // One scrape interval (15 s) after B's backend started, at the latest.
+                ensure!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "Prometheus's up{{job=\"backend\"}} is {up:?} after 60 s"
+                );
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })?;
+        let mut also = Vec::new();
+        for job in ["prometheus", "traefik", "node"] {
+            also.push(format!(
+                "{job} {}",
+                stack::prometheus_up(sh, job)?.unwrap_or_else(|| "absent".to_owned())
+            ));
+        }
+        let running = stack::running_services(sh)?;
+        let not_run = ["grafana", "loki", "promtail", "tempo", "postgres-backup"];
+        for service in not_run {
+            ensure!(
+                !running.iter().any(|s| s == service),
+                "{service} runs in the lab, which has no stand-in for it: {running:?}"
+            );
+        }
+        ensure!(
+            running.iter().any(|s| s == "node-exporter"),
+            "node-exporter is not running: {running:?}"
+        );
+        Ok(format!(
+            "7. monitoring profile (compose v2 with the lab's monitoring override; {shared_root}): up{{job=\"backend\"}} == 1 after {} (also up: {}); running: {}; untested: {} (not run), Prometheus 3.x and node-exporter 1.9 (Debian's 2.42 and 1.5 stand in)",
+            format_duration(waited),
+            also.join(", "),
+            running.join(", "),
+            not_run.join(", ")
+        ))
+    }
+
+    /// Step 8, compose v1: the v2 stack down (its volume kept), then deploy A and B and roll
+    /// back under `docker-compose` v1 to a second server directory; the data of step 1 is
+    /// still there.
+    fn compose_v1(&mut self, a: &Release, b: &Release, data: &Data) -> anyhow::Result<String> {
+        let (sh, lab) = (self.sh, self.lab);
+        let main = self.server.clone();
+        let v1 = lab.server("timemanager-v1", Compose::V1, false);
+        let down = self.steps.run("8. compose v2 down, volume kept", || {
+            let start = Instant::now();
+            lab.down(sh, &main, false)?;
+            anyhow::Ok(start.elapsed())
+        })?;
+        ensure!(
+            stack::volume_created(sh)? == data.volume_created,
+            "`down` without --volumes lost {}",
+            stack::POSTGRES_VOLUME
+        );
+        let mut times = Vec::new();
+        for (name, release) in [("8-v1-deploy-A", a), ("8-v1-deploy-B", b)] {
+            let out = self.steps.run(&format!("8. v1: deploy {}", release.label), || {
+                lab.deploy(sh, &v1, release, &["--no-push"])?
+                    .expect_ok(&format!("deploy {} under compose v1", release.label))
+            })?;
+            one_connection(&out, &format!("deploy {} under v1", release.label))?;
+            self.outputs.push((name, out.output.clone()));
+            ensure!(
+                lab.revision()? == release.commit,
+                "compose v1 did not bring up {}",
+                release.label
+            );
+            stack::check_data(data.user_id)?;
+            times.push(format!(
+                "{} {}",
+                release.label,
+                format_duration(out.elapsed)
+            ));
+        }
+        let made_by = stack::created_by(sh, "timemanager-backend")?;
+        ensure!(
+            made_by.starts_with("1."),
+            "the backend's container was created by compose {made_by}, not v1"
+        );
+        let out = self.steps.run("8. v1: rollback", || {
+            lab.rollback(sh, &v1)?.expect_ok("rollback under compose v1")
+        })?;
+        one_connection(&out, "rollback under v1")?;
+        self.outputs.push(("8-v1-rollback", out.output.clone()));
+        ensure!(
+            lab.revision()? == a.commit,
+            "rollback under compose v1 did not bring A back"
+        );
+        stack::check_data(data.user_id)?;
+        ensure!(
+            stack::postgres_volume(sh)? == data.volume_created,
+            "{} was recreated",
+            stack::POSTGRES_VOLUME
+        );
+        Ok(format!(
+            "8. compose v1 (containers by compose {made_by}): v2 stack down in {}, volume kept; deploy {}, rollback to A {}; step 1's data still there, same volume",
+            format_duration(down),
+            times.join(", "),
+            format_duration(out.elapsed)
+        ))
+    }
+
+    /// Step 9, secrets: in no argv on the machine during any deploy (containers included), in
+    /// no output, every .env 0600.
     fn secrets(&mut self, scanner: Scanner) -> anyhow::Result<String> {
         let lab = self.lab;
         let scan = scanner.stop();
@@ -322,15 +542,19 @@ impl Scenario<'_> {
                 );
             }
         }
-        for entry in fs::read_dir(lab.base.join("releases"))? {
-            let env_file = entry?.path().join(".env");
-            if env_file.exists() {
-                let mode = fs::metadata(&env_file)?.permissions().mode() & 0o777;
-                ensure!(mode == 0o600, "{} has mode {mode:o}", env_file.display());
+        let mut n_env = 0;
+        for base in [&self.server.base, &lab.server("timemanager-v1", Compose::V1, false).base] {
+            for entry in fs::read_dir(base.join("releases"))? {
+                let env_file = entry?.path().join(".env");
+                if env_file.exists() {
+                    let mode = fs::metadata(&env_file)?.permissions().mode() & 0o777;
+                    ensure!(mode == 0o600, "{} has mode {mode:o}", env_file.display());
+                    n_env += 1;
+                }
             }
         }
         Ok(format!(
-            "6. secrets: {} scans of /proc/*/cmdline ({} process samples) during the deploys found none; {} outputs free of secrets (kept in {}); every .env is 0600",
+            "9. secrets: {} scans of /proc/*/cmdline ({} process samples, the stack's containers included) during the deploys found none; {} outputs free of secrets (kept in {}); {n_env} .env files, all 0600",
             scan.scans,
             scan.processes,
             self.outputs.len(),
@@ -339,31 +563,60 @@ impl Scenario<'_> {
     }
 }
 
-/// Release B: A plus a new static in the backend (another binary, another revision); its
-/// static service keeps A's image tag, so only its config file changes there.
-fn build_b(sh: &Shell, lab: &Lab, a: &Release) -> anyhow::Result<Release> {
+/// The header release B's Traefik configuration adds to every response of the SPA.
+const RELEASE_HEADER: &str = "x-e2e-release";
+
+fn release_header() -> anyhow::Result<Option<String>> {
+    let res = crate::harness::lab::edge("GET", "https://localhost/", &[], None)?;
+    ensure!(res.status == 200, "`/` through Traefik answered {}", res.status);
+    Ok(res.header(RELEASE_HEADER).map(str::to_owned))
+}
+
+/// The deploy's own timings from the server's record: `up` and the health gate.
+fn deploy_figures(server: &Server) -> anyhow::Result<String> {
+    let record = server.last_record()?;
+    let seconds = |name: &str| record["steps"][name].as_f64();
+    Ok(format!(
+        "pull {}, up {}, health gate {}",
+        seconds("registry login and pull").map_or("-".to_owned(), |s| format!("{s:.1} s")),
+        seconds("start").map_or("-".to_owned(), |s| format!("{s:.1} s")),
+        seconds("health gate").map_or("-".to_owned(), |s| format!("{s:.1} s")),
+    ))
+}
+
+/// Release B: A plus a new static in the backend (another binary, another revision) and a
+/// response header in Traefik's security-headers middleware (a changed configuration file
+/// that the unchanged Traefik must serve).
+fn build_b(sh: &Shell, lab: &Lab) -> anyhow::Result<Release> {
     edit(
         &lab.clone.join("backend/src/lib.rs"),
         "pub const VERSION",
         "/// Release B of the e2e test: a code change that reaches the binary.\n#[used]\nstatic E2E_RELEASE_B: [u8; 9] = *b\"release-b\";\n\npub const VERSION",
     )?;
+    edit(
+        &lab.clone
+            .join("infrastructure/traefik/dynamic/middlewares.yml"),
+        "    security-headers:\n      headers:\n",
+        "    security-headers:\n      headers:\n        customResponseHeaders:\n          X-E2E-Release: \"B\"\n",
+    )?;
     let dir = sh.push_dir(&lab.clone);
     commit(sh, "e2e: release B")?;
     drop(dir);
-    lab.build(sh, "B", Some(&a.tag))
+    lab.build(sh, "B")
 }
 
-/// Release C: B with `/health` answering 503.
-fn build_c(sh: &Shell, lab: &Lab, a: &Release) -> anyhow::Result<Release> {
+/// Release C: B with a backend that connects to a port where PostgreSQL does not listen, the
+/// way a release with a wrong database setting fails.
+fn build_c(sh: &Shell, lab: &Lab) -> anyhow::Result<Release> {
     edit(
-        &lab.clone.join("backend/src/health.rs"),
-        "(StatusCode::OK, \"ok\", \"ok\")",
-        "(StatusCode::SERVICE_UNAVAILABLE, \"ok\", \"ok\")",
+        &lab.clone.join("backend/src/lib.rs"),
+        "let options = config.database.connect_options();",
+        "let options = config.database.connect_options().port(5433);",
     )?;
     let dir = sh.push_dir(&lab.clone);
-    commit(sh, "e2e: release C, /health broken")?;
+    commit(sh, "e2e: release C, database unreachable")?;
     drop(dir);
-    lab.build(sh, "C", Some(&a.tag))
+    lab.build(sh, "C")
 }
 
 /// Edits a file of the clone; the pattern must be there (the e2e must not silently test
@@ -389,79 +642,5 @@ fn one_connection(out: &XtaskRun, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates a user and a clock entry the way the web app does from its own origin: a CORS
-/// preflight, then the calls with `Origin`, each answered with that origin allowed.
-fn create_data(lab: &Lab) -> anyhow::Result<i64> {
-    const ALLOW_ORIGIN: &str = "access-control-allow-origin";
-    let origin = lab.frontend_origin();
-    let index = http::request("GET", &format!("{origin}/"), &[], None)?;
-    ensure!(
-        index.status == 200,
-        "the frontend answered {}",
-        index.status
-    );
-    let api = format!("http://127.0.0.1:{}", lab.backend_port);
-    let preflight = http::request(
-        "OPTIONS",
-        &format!("{api}/users"),
-        &[
-            ("Origin", &origin),
-            ("Access-Control-Request-Method", "POST"),
-            ("Access-Control-Request-Headers", "content-type"),
-        ],
-        None,
-    )?;
-    ensure!(
-        preflight.header(ALLOW_ORIGIN) == Some(origin.as_str()),
-        "CORS preflight from {origin}: status {}, allow-origin {:?}",
-        preflight.status,
-        preflight.header(ALLOW_ORIGIN)
-    );
-    let user = http::request(
-        "POST",
-        &format!("{api}/users"),
-        &[("Origin", &origin), ("Content-Type", "application/json")],
-        Some(r#"{"username":"e2e-user","email":"e2e@example.com"}"#),
-    )?;
-    ensure!(
-        user.status == 201 && user.header(ALLOW_ORIGIN) == Some(origin.as_str()),
-        "creating a user: {} {}",
-        user.status,
-        user.text()
-    );
-    let id = serde_json::from_str::<Value>(&user.text())?["id"]
-        .as_i64()
-        .context("no user id")?;
-    let entry = http::request(
-        "POST",
-        &format!("{api}/users/{id}/clock/in"),
-        &[("Origin", &origin)],
-        None,
-    )?;
-    ensure!(
-        entry.status == 201,
-        "clocking in: {} {}",
-        entry.status,
-        entry.text()
-    );
-    Ok(id)
-}
-
-fn check_data(lab: &Lab, id: i64) -> anyhow::Result<()> {
-    let api = format!("http://127.0.0.1:{}", lab.backend_port);
-    let user = http::request("GET", &format!("{api}/users/{id}"), &[], None)?;
-    ensure!(
-        user.status == 200 && user.text().contains("e2e-user"),
-        "user {id} is gone: {} {}",
-        user.status,
-        user.text()
-    );
-    let status = http::request("GET", &format!("{api}/users/{id}/clock/status"), &[], None)?;
-    ensure!(
-        status.status == 200 && status.text().contains("\"clocked_in\":true"),
-        "the clock entry is gone: {} {}",
-        status.status,
-        status.text()
-    );
-    Ok(())
-}
+#[cfg(test)]
+mod tests;

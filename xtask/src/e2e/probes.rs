@@ -1,5 +1,5 @@
-//! What the e2e watches while it deploys: `/health` downtime ([`Poller`]), secrets in any
-//! process's argv ([`Scanner`]), and what is left behind once the lab is gone.
+//! What the e2e watches while it deploys: health downtime through Traefik ([`Poller`]),
+//! secrets in any process's argv ([`Scanner`]), and what is left behind once the lab is gone.
 
 use std::{
     fs,
@@ -12,35 +12,53 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Polls `/health` every 50 ms in a bounded thread and measures the time it did not answer 200.
+use crate::harness::lab;
+
+/// Polls the health URL through Traefik every 50 ms in a bounded thread: how long it did not
+/// answer the backend's health JSON with `"status":"ok"`, and how often Traefik answered 200
+/// with the SPA instead (its catch-all router, once the backend's routers are gone).
 pub(crate) struct Poller {
     stop: Arc<AtomicBool>,
-    handle: JoinHandle<Duration>,
+    handle: JoinHandle<PollReport>,
+}
+
+pub(crate) struct PollReport {
+    /// The longest window without a healthy answer.
+    pub(crate) down: Duration,
+    /// Answers that were 200 but not the backend's JSON.
+    pub(crate) spa_fallbacks: usize,
 }
 
 impl Poller {
-    pub(crate) fn start(url: String) -> Poller {
+    pub(crate) fn start() -> Poller {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_millis(500)))
-                .build()
-                .into();
             let mut down_since: Option<Instant> = None;
-            let mut longest = Duration::ZERO;
+            let mut report = PollReport {
+                down: Duration::ZERO,
+                spa_fallbacks: 0,
+            };
             // Bounded: a forgotten poller stops by itself.
-            let deadline = Instant::now() + Duration::from_secs(600);
+            let deadline = Instant::now() + Duration::from_secs(900);
+            // 20 requests/s: well under Traefik's rate limit, which every lab client shares.
             while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let up = agent
-                    .get(&url)
-                    .call()
-                    .is_ok_and(|res| res.status().as_u16() == 200);
+                let up = match lab::edge("GET", lab::HEALTH_URL, &[], None) {
+                    Ok(res) => match lab::health_json(&res) {
+                        Some(body) => res.status == 200 && body["status"] == "ok",
+                        None => {
+                            if res.status == 200 {
+                                report.spa_fallbacks += 1;
+                            }
+                            false
+                        }
+                    },
+                    Err(_) => false,
+                };
                 match (up, down_since) {
                     (false, None) => down_since = Some(Instant::now()),
                     (true, Some(since)) => {
-                        longest = longest.max(since.elapsed());
+                        report.down = report.down.max(since.elapsed());
                         down_since = None;
                     }
                     _ => {}
@@ -48,17 +66,19 @@ impl Poller {
                 std::thread::sleep(Duration::from_millis(50));
             }
             if let Some(since) = down_since {
-                longest = longest.max(since.elapsed());
+                report.down = report.down.max(since.elapsed());
             }
-            longest
+            report
         });
         Poller { stop, handle }
     }
 
-    /// The longest window during which `/health` did not answer 200.
-    pub(crate) fn stop(self) -> Duration {
+    pub(crate) fn stop(self) -> PollReport {
         self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().unwrap_or(Duration::MAX)
+        self.handle.join().unwrap_or(PollReport {
+            down: Duration::MAX,
+            spa_fallbacks: 0,
+        })
     }
 }
 

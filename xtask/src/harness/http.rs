@@ -1,5 +1,5 @@
 //! Small blocking HTTP helpers for checks against services on loopback: a client (`get`,
-//! `request`) and the request-head reader of the test servers (token server, fault proxy).
+//! `wait_for_status`) and the request-head reader of the test servers (token server, fault proxy).
 
 use std::{
     io::BufRead,
@@ -81,51 +81,6 @@ pub(crate) fn wait_for_status(url: &str, status: u16, timeout: Duration) -> anyh
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// A request with any method, headers and body, as a browser would send it; any status is
-/// a reply, and an unreadable body reads as empty.
-pub(crate) fn request(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: Option<&str>,
-) -> anyhow::Result<Reply> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(5)))
-        .allow_non_standard_methods(true)
-        .build()
-        .into();
-    let request = ureq::http::Request::builder().method(method).uri(url);
-    let request = headers.iter().fold(request, |request, (name, value)| {
-        request.header(*name, *value)
-    });
-    let result = match body {
-        Some(body) => agent.run(request.body(body.to_owned())?),
-        None => agent.run(request.body(())?),
-    };
-    let mut res = result.map_err(|err| anyhow::format_err!("{method} {url}: {err}"))?;
-    let headers = res
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
-    let body = res
-        .body_mut()
-        .read_to_string()
-        .unwrap_or_default()
-        .into_bytes();
-    Ok(Reply {
-        status: res.status().as_u16(),
-        headers,
-        body,
-    })
 }
 
 /// A request line and headers, as the test servers here receive them.

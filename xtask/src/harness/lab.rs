@@ -1,12 +1,24 @@
-//! The deploy lab that `cargo xtask e2e` and `cargo xtask bench deploy` share: sshd as the
-//! server, an htpasswd registry, the Docker engine and PostgreSQL, all on loopback, and a
-//! scratch clone of this checkout whose own xtask builds and deploys releases. Also
-//! [`changed_backend`], the backend image after a one-line change without recompiling, for
-//! the push checks and `cargo xtask bench push`.
+//! The deploy lab that `cargo xtask e2e` and `cargo xtask bench deploy` share: the production
+//! stack, `docker-compose.prod.yml` byte for byte, deployed over ssh on loopback as CI deploys
+//! it. sshd is the server (root), an htpasswd registry holds our images, the Docker engine is
+//! the running one (else Debian's `dockerd`, started here), the third-party images are
+//! stand-ins under their production references (`lab_images.rs`), compose v2 is installed as a
+//! CLI plugin next to Debian's v1, and a scratch clone of this checkout builds and deploys
+//! releases with its own xtask. What differs from production is in the override files of
+//! `xtask/e2e/` and in ARCHITECTURE.md's "Lab vs production" table.
+//!
+//! The stack runs under production's names (project `timemanager`, container names, the
+//! `timemanager` network, ports 80 and 443 on the host), so one lab at a time per engine: the
+//! lab refuses to start next to a `timemanager` project it did not create, and removes the
+//! project with its volumes when dropped.
+//!
+//! Also [`changed_backend`], the backend image after a one-line change without recompiling,
+//! for the push checks and `cargo xtask bench push`.
 
 use std::{
     fs,
     io::{BufWriter, Read},
+    net::TcpListener,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     sync::{
@@ -21,11 +33,12 @@ use serde_json::Value;
 use xshell::{Shell, cmd};
 
 use crate::{
+    deploy::compose::{COMPOSE_FILE, COMPOSE_PROJECT},
     harness::{
         docker::{self, Engine},
-        http,
-        postgres::{Postgres, free_port},
-        registry::{Auth, TestRegistry},
+        http::Reply,
+        lab_images::{self, LabImage, LabImageSet},
+        registry::{self, Auth, TestRegistry},
         sshd::Sshd,
     },
     image::{
@@ -38,18 +51,83 @@ use crate::{
     provision,
 };
 
-/// The compose file shipped as each release's `docker-compose.prod.yml`.
-pub(crate) const COMPOSE_TEMPLATE: &str = include_str!("../../e2e/docker-compose.e2e.yml");
+/// The lab's override for compose v1 and v2: postgres-backup, pinned by digest, is not run.
+pub(crate) const LAB_OVERRIDE: &str = include_str!("../../e2e/docker-compose.lab.yml");
 
-/// Everything a deploy on loopback runs against; dropping it removes the containers, images and
-/// files it made and stops what it started.
+/// The v2-only override of the monitoring scenario: the services without stand-ins are not run.
+pub(crate) const LAB_MONITORING_OVERRIDE: &str =
+    include_str!("../../e2e/docker-compose.lab-monitoring.yml");
+
+/// `DOMAIN` of every lab deploy. `/etc/hosts` resolves it to loopback, so no request leaves the
+/// machine; Let's Encrypt refuses it, so Traefik serves its self-signed default certificate.
+pub(crate) const DOMAIN: &str = "localhost";
+
+/// The health URL of every lab deploy: through Traefik, as in production.
+pub(crate) const HEALTH_URL: &str = "https://localhost/api/health";
+
+/// Debian's compose v1, for the scenario that keeps the deploy's v1 branch tested.
+const COMPOSE_V1: provision::Need = provision::Need {
+    program: "docker-compose",
+    package: "docker-compose",
+};
+
+/// Lower case: compose rejects upper-case image paths.
+const REPOSITORY: &str = "e2e/timemanager";
+
+/// Which compose the server's scripts run (`TM_COMPOSE` of the deploy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Compose {
+    V1,
+    V2,
+}
+
+impl Compose {
+    fn env_value(self) -> &'static str {
+        match self {
+            Compose::V1 => "v1",
+            Compose::V2 => "v2",
+        }
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Compose::V1 => "docker-compose v1",
+            Compose::V2 => "docker compose v2",
+        }
+    }
+}
+
+/// One server directory of the lab (`--remote-dir`) and how deploys to it run.
+#[derive(Clone, Debug)]
+pub(crate) struct Server {
+    pub(crate) base: PathBuf,
+    pub(crate) compose: Compose,
+    /// `--profile monitoring` with the v2-only override: Prometheus and node-exporter too.
+    pub(crate) monitoring: bool,
+    pub(crate) health_timeout: u64,
+}
+
+impl Server {
+    fn override_name(&self) -> &'static str {
+        if self.monitoring {
+            "docker-compose.lab-monitoring.yml"
+        } else {
+            "docker-compose.lab.yml"
+        }
+    }
+
+    /// The last line of the server's `releases.jsonl`.
+    pub(crate) fn last_record(&self) -> anyhow::Result<Value> {
+        let text = fs::read_to_string(self.base.join("releases.jsonl"))?;
+        let line = text.lines().last().context("releases.jsonl is empty")?;
+        Ok(serde_json::from_str(line)?)
+    }
+}
+
+/// Everything a deploy on loopback runs against; dropping it removes the stack (containers,
+/// network, volumes), our images and the files it made, and stops what it started.
 pub(crate) struct Lab {
     root: PathBuf,
-    pub(crate) base: PathBuf,
-    project: String,
-    pub(crate) backend_port: u16,
-    frontend_port: u16,
-    static_port: u16,
     secrets: Vec<(&'static str, String)>,
     pub(crate) clone: PathBuf,
     pub(crate) target: PathBuf,
@@ -58,9 +136,14 @@ pub(crate) struct Lab {
     /// Set while a deploy or rollback runs: the argv scanner looks only then.
     pub(crate) running: Arc<AtomicBool>,
     pub(crate) keep: bool,
+    /// The stand-ins for the third-party images, as built or found in the cache.
+    pub(crate) images: Vec<LabImage>,
+    /// How long building or finding them took.
+    pub(crate) images_time: Duration,
     pub(crate) sshd: Sshd,
     registry: TestRegistry,
-    pg: Postgres,
+    /// Dropped after the stack is down: node-exporter's `rslave` mount needs `/` shared.
+    shared_root: Option<SharedRoot>,
     _engine: Engine,
 }
 
@@ -70,13 +153,6 @@ pub(crate) struct Release {
     pub(crate) label: &'static str,
     pub(crate) tag: String,
     pub(crate) commit: String,
-}
-
-impl Release {
-    /// What the release's `infrastructure/e2e/marker.txt` holds.
-    pub(crate) fn marker(&self) -> String {
-        format!("release {} ({})\n", self.label, self.tag)
-    }
 }
 
 /// One run of the clone's xtask.
@@ -101,16 +177,32 @@ impl Lab {
     pub(crate) fn start(sh: &Shell) -> anyhow::Result<Lab> {
         if !provision::is_root() {
             bail!(
-                "`cargo xtask e2e` runs sshd, dockerd and PostgreSQL as a server would: run it as root (CI does)"
+                "`cargo xtask e2e` runs sshd, Docker and the production stack as a server would: run it as root (`sudo -E cargo xtask e2e`; CI does)"
             );
         }
         let root = std::env::temp_dir().join(format!("timemanager-e2e-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(&root)?;
         fs::set_permissions(&root, fs::Permissions::from_mode(0o700))?;
-        // The server's /opt: `/opt/timemanager` itself is made by the first deploy.
-        fs::create_dir_all(root.join("opt"))?;
         let engine = docker::engine(sh, &root.join("dockerd"))?;
+        claim_project(sh)?;
+        ports_free()?;
+        fs::write(owner_file(), std::process::id().to_string())?;
+        provision::ensure(sh, &[COMPOSE_V1, registry::OPENSSL])?;
+        lab_images::ensure_compose_v2(sh).context("installing compose v2 for the lab")?;
+        let images_start = Instant::now();
+        let images = lab_images::ensure_lab_images(sh, LabImageSet::WithMonitoring)
+            .context("building the lab's stand-in images")?;
+        let images_time = images_start.elapsed();
+        fs::create_dir_all(root.join("overrides"))?;
+        fs::write(
+            root.join("overrides/docker-compose.lab.yml"),
+            LAB_OVERRIDE,
+        )?;
+        fs::write(
+            root.join("overrides/docker-compose.lab-monitoring.yml"),
+            LAB_MONITORING_OVERRIDE,
+        )?;
         let secret = |what: &str| format!("e2e-{what}-{}", random_hex());
         let registry_password = secret("registry");
         let registry = TestRegistry::start(
@@ -121,15 +213,9 @@ impl Lab {
             },
         )?;
         let sshd = Sshd::start(sh)?;
-        let pg = Postgres::start(sh)?;
         let target_root = project::target_dir().join("e2e");
         Ok(Lab {
-            base: root.join("opt/timemanager"),
             root,
-            project: format!("tm-e2e-{}", std::process::id()),
-            backend_port: free_port()?,
-            frontend_port: free_port()?,
-            static_port: free_port()?,
             secrets: vec![
                 ("POSTGRES_PASSWORD", secret("postgres")),
                 ("GRAFANA_PASSWORD", secret("grafana")),
@@ -141,11 +227,23 @@ impl Lab {
             epoch: cmd!(sh, "git log -1 --format=%ct").quiet().read()?,
             running: Arc::new(AtomicBool::new(false)),
             keep: false,
+            images,
+            images_time,
             sshd,
             registry,
-            pg,
+            shared_root: None,
             _engine: engine,
         })
+    }
+
+    /// A server directory of the lab; each scenario deploys to its own.
+    pub(crate) fn server(&self, name: &str, compose: Compose, monitoring: bool) -> Server {
+        Server {
+            base: self.root.join("opt").join(name),
+            compose,
+            monitoring,
+            health_timeout: 150,
+        }
     }
 
     pub(crate) fn secret_values(&self) -> Vec<String> {
@@ -161,10 +259,10 @@ impl Lab {
         values
     }
 
-    /// Strings in the command line of every process this lab starts.
+    /// Strings in the command line of every process this lab starts (the stack's containers
+    /// are removed by the drop, checked apart).
     pub(crate) fn process_markers(&self) -> Vec<String> {
         vec![
-            self.project.clone(),
             self.root.display().to_string(),
             format!("-p {}", self.sshd.port),
             format!("timemanager-sshd-{}-{}", std::process::id(), self.sshd.port),
@@ -176,12 +274,24 @@ impl Lab {
         ]
     }
 
-    pub(crate) fn health_url(&self) -> String {
-        format!("http://127.0.0.1:{}/health", self.backend_port)
-    }
-
-    pub(crate) fn frontend_origin(&self) -> String {
-        format!("http://127.0.0.1:{}", self.frontend_port)
+    /// Makes `/` a shared mount for node-exporter's `/:/host:ro,rslave`, as on systemd hosts
+    /// (production); made private again when the lab is dropped, if it was. Says what it did.
+    pub(crate) fn share_root(&mut self, sh: &Shell) -> anyhow::Result<String> {
+        if self.shared_root.is_some() {
+            return Ok("`/` already made shared by this lab".to_owned());
+        }
+        let propagation = cmd!(sh, "findmnt --noheadings --output PROPAGATION /")
+            .quiet()
+            .read()?;
+        if propagation.trim() != "private" {
+            return Ok(format!("`/` already {} on this host", propagation.trim()));
+        }
+        cmd!(sh, "mount --make-shared /")
+            .quiet()
+            .run()
+            .context("making `/` a shared mount for node-exporter")?;
+        self.shared_root = Some(SharedRoot);
+        Ok("`/` made shared for the run (private again afterwards)".to_owned())
     }
 
     /// Clones the working tree and commits it as release A.
@@ -205,27 +315,33 @@ impl Lab {
         self.target.join("debug/xtask")
     }
 
-    /// Builds the clone's HEAD (both images) and writes its release files.
-    pub(crate) fn build(
-        &self,
-        sh: &Shell,
-        label: &'static str,
-        static_tag: Option<&str>,
-    ) -> anyhow::Result<Release> {
+    /// Builds the clone's HEAD (both images) and keeps its release files: the compose file,
+    /// checked equal to this checkout's, and `infrastructure/`.
+    pub(crate) fn build(&self, sh: &Shell, label: &'static str) -> anyhow::Result<Release> {
         let _dir = sh.push_dir(&self.clone);
         let xtask = self.xtask();
         cmd!(sh, "{xtask} build")
             .env("CARGO_TARGET_DIR", &self.target)
-            // One epoch for all three releases (the checkout's commit time): ring's build
-            // script tracks SOURCE_DATE_EPOCH, so a new epoch per commit would rebuild ring,
-            // rustls and sqlx each time. The releases still differ in code and revision.
+            // One epoch for all releases (the checkout's commit time): ring's build script
+            // tracks SOURCE_DATE_EPOCH, so a new epoch per commit would rebuild ring, rustls
+            // and sqlx each time. The releases still differ in code and revision.
             .env("SOURCE_DATE_EPOCH", &self.epoch)
             .run()
             .with_context(|| format!("building release {label} in `{}`", self.clone.display()))?;
         let commit = cmd!(sh, "git rev-parse HEAD").quiet().read()?;
         let tag = commit.get(..7).context("short commit")?.to_owned();
         let release = Release { label, tag, commit };
-        self.write_files(&release, static_tag.unwrap_or(&release.tag))?;
+        let dir = self.files_dir(&release);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        let compose = fs::read(self.clone.join(COMPOSE_FILE))?;
+        ensure!(
+            compose == fs::read(project::root().join(COMPOSE_FILE))?,
+            "release {label}'s {COMPOSE_FILE} differs from this checkout's: the lab deploys production's file unchanged"
+        );
+        fs::write(dir.join(COMPOSE_FILE), compose)?;
+        let infrastructure = self.clone.join("infrastructure");
+        cmd!(sh, "cp -R {infrastructure} {dir}").quiet().run()?;
         Ok(release)
     }
 
@@ -233,80 +349,57 @@ impl Lab {
         self.root.join("files").join(&release.tag)
     }
 
-    fn write_files(&self, release: &Release, static_tag: &str) -> anyhow::Result<()> {
-        let dir = self.files_dir(release);
-        let compose = COMPOSE_TEMPLATE
-            .replace("@PROJECT@", &self.project)
-            .replace("@BACKEND_PORT@", &self.backend_port.to_string())
-            .replace("@FRONTEND_PORT@", &self.frontend_port.to_string())
-            .replace("@STATIC_PORT@", &self.static_port.to_string())
-            .replace("@PG_PORT@", &self.pg.port.to_string())
-            .replace("@STATIC_TAG@", static_tag);
-        let unfilled = compose.split('@').skip(1).step_by(2).find(|word| {
-            !word.is_empty() && word.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
-        });
-        ensure!(
-            unfilled.is_none(),
-            "unfilled placeholder @{}@ in the e2e compose file",
-            unfilled.unwrap_or_default()
-        );
-        fs::create_dir_all(dir.join("infrastructure/e2e"))?;
-        fs::write(dir.join("docker-compose.yml"), compose)?;
-        fs::write(dir.join("infrastructure/e2e/marker.txt"), release.marker())?;
-        Ok(())
-    }
-
-    /// `cargo xtask deploy` of the clone, as CI would run it on that commit.
+    /// `cargo xtask deploy` of the clone, as CI would run it on that commit, with the lab's
+    /// override and a health gate that accepts Traefik's self-signed certificate.
     pub(crate) fn deploy(
         &self,
         sh: &Shell,
+        server: &Server,
         release: &Release,
         extra: &[&str],
     ) -> anyhow::Result<XtaskRun> {
         let files = self.files_dir(release);
-        let compose = files.join("docker-compose.yml");
-        let infrastructure = files.join("infrastructure");
-        let tag = &release.tag;
+        let path = |p: PathBuf| p.display().to_string();
         let mut args: Vec<String> = vec!["deploy".to_owned()];
-        args.extend(self.server_args());
-        args.extend(
-            [
-                "--compose-file",
-                &compose.display().to_string(),
-                "--infrastructure",
-                &infrastructure.display().to_string(),
-                "--health-url",
-                &self.health_url(),
-                "--health-timeout",
-                "90",
-                "--tag",
-                tag,
-            ]
-            .map(str::to_owned),
-        );
+        args.extend(self.server_args(server));
+        args.extend([
+            "--compose-file".to_owned(),
+            path(files.join(COMPOSE_FILE)),
+            "--infrastructure".to_owned(),
+            path(files.join("infrastructure")),
+            "--compose-override".to_owned(),
+            path(self.root.join("overrides").join(server.override_name())),
+            "--tag".to_owned(),
+            release.tag.clone(),
+        ]);
+        if server.monitoring {
+            args.extend(["--profile".to_owned(), "monitoring".to_owned()]);
+        }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        self.run_xtask(sh, &args)
+        self.run_xtask(sh, server, &args)
     }
 
-    pub(crate) fn rollback(&self, sh: &Shell) -> anyhow::Result<XtaskRun> {
+    pub(crate) fn rollback(&self, sh: &Shell, server: &Server) -> anyhow::Result<XtaskRun> {
         let mut args = vec!["rollback".to_owned()];
-        args.extend(self.server_args());
-        args.extend(["--health-url".to_owned(), self.health_url()]);
-        self.run_xtask(sh, &args)
+        args.extend(self.server_args(server));
+        self.run_xtask(sh, server, &args)
     }
 
-    fn server_args(&self) -> Vec<String> {
+    fn server_args(&self, server: &Server) -> Vec<String> {
         vec![
             "--port".to_owned(),
             self.sshd.port.to_string(),
             "--remote-dir".to_owned(),
-            self.base.display().to_string(),
-            "--compose-project".to_owned(),
-            self.project.clone(),
+            server.base.display().to_string(),
+            "--health-url".to_owned(),
+            HEALTH_URL.to_owned(),
+            "--health-insecure-tls".to_owned(),
+            "--health-timeout".to_owned(),
+            server.health_timeout.to_string(),
         ]
     }
 
-    fn run_xtask(&self, sh: &Shell, args: &[String]) -> anyhow::Result<XtaskRun> {
+    fn run_xtask(&self, sh: &Shell, server: &Server, args: &[String]) -> anyhow::Result<XtaskRun> {
         let _dir = sh.push_dir(&self.clone);
         let xtask = self.xtask();
         let key = fs::read_to_string(&self.sshd.client_key)?;
@@ -319,12 +412,13 @@ impl Lab {
             .env("HETZNER_HOST", "127.0.0.1")
             .env("HETZNER_SSH_KEY", key)
             .env("HETZNER_KNOWN_HOSTS", &self.sshd.known_hosts)
-            .env("DOMAIN", "127.0.0.1")
-            .env("ACME_EMAIL", "e2e@example.invalid")
-            // Upper case on purpose: image paths must be lower-cased by the deploy.
-            .env("GITHUB_REPOSITORY", "E2E/TimeManager")
+            .env("DOMAIN", DOMAIN)
+            // A reserved TLD: where Traefik can reach Let's Encrypt (CI), it refuses the account.
+            .env("ACME_EMAIL", "e2e@timemanager.test")
+            .env("GITHUB_REPOSITORY", REPOSITORY)
             .env("REGISTRY", self.registry.host())
             .env("REGISTRY_USERNAME", "e2e")
+            .env("TM_COMPOSE", server.compose.env_value())
             .env("SOURCE_DATE_EPOCH", &self.epoch);
         for name in [
             "GITHUB_ACTOR",
@@ -356,47 +450,72 @@ impl Lab {
         })
     }
 
+    /// The deployed revision, from the backend's health JSON through Traefik.
     pub(crate) fn revision(&self) -> anyhow::Result<String> {
-        let res = http::request("GET", &self.health_url(), &[], None)?;
+        let res = edge("GET", HEALTH_URL, &[], None)?;
+        let body = health_json(&res).with_context(|| {
+            format!(
+                "{HEALTH_URL} answered {} without the backend's health JSON: {}",
+                res.status,
+                excerpt(&res.text())
+            )
+        })?;
         ensure!(
-            res.status == 200,
-            "/health answered {}: {}",
-            res.status,
-            res.text()
+            res.status == 200 && body["status"] == "ok",
+            "{HEALTH_URL} answered {}: {body}",
+            res.status
         );
-        let body: Value = serde_json::from_str(&res.text()).context("/health is not JSON")?;
         Ok(body["revision"].as_str().unwrap_or_default().to_owned())
     }
 
-    pub(crate) fn served_marker(&self) -> anyhow::Result<String> {
-        let url = format!("http://127.0.0.1:{}/marker.txt", self.static_port);
-        let res = http::request("GET", &url, &[], None)?;
-        ensure!(res.status == 200, "{url} answered {}", res.status);
-        Ok(res.text().trim().to_owned())
-    }
-
-    /// The last line of the server's `releases.jsonl`.
-    pub(crate) fn last_record(&self) -> anyhow::Result<Value> {
-        let text = fs::read_to_string(self.base.join("releases.jsonl"))?;
-        let line = text.lines().last().context("releases.jsonl is empty")?;
-        Ok(serde_json::from_str(line)?)
+    /// Stops and removes the stack of `server` with compose v2 (`down`), keeping the volumes
+    /// unless `volumes`.
+    pub(crate) fn down(&self, sh: &Shell, server: &Server, volumes: bool) -> anyhow::Result<()> {
+        let base = &server.base;
+        let compose_file = base.join(COMPOSE_FILE);
+        if !compose_file.exists() {
+            return Ok(());
+        }
+        let mut files = vec!["-f".to_owned(), compose_file.display().to_string()];
+        let override_file = base.join("docker-compose.override.yml");
+        if override_file.exists() {
+            files.extend(["-f".to_owned(), override_file.display().to_string()]);
+        }
+        let env_file = base.join(".env");
+        let volumes = volumes.then_some("--volumes");
+        cmd!(
+            sh,
+            "docker compose -p {COMPOSE_PROJECT} --project-directory {base} --env-file {env_file} {files...} --profile monitoring down --remove-orphans {volumes...}"
+        )
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run()
+        .with_context(|| format!("`docker compose down` of the stack in `{}`", base.display()))
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
         let Ok(sh) = Shell::new() else { return };
-        let label = format!("label=com.docker.compose.project={}", self.project);
-        let ids = cmd!(sh, "docker ps -aq --filter {label}")
-            .quiet()
-            .read()
-            .unwrap_or_default();
-        let ids: Vec<&str> = ids.split_whitespace().collect();
-        if !ids.is_empty() {
-            let _ = cmd!(sh, "docker rm --force {ids...}")
-                .quiet()
-                .ignore_stdout()
-                .run();
+        if let Ok(entries) = fs::read_dir(self.root.join("opt")) {
+            for entry in entries.flatten() {
+                let server = Server {
+                    base: entry.path(),
+                    compose: Compose::V2,
+                    monitoring: true,
+                    health_timeout: 0,
+                };
+                if let Err(err) = self.down(&sh, &server, true) {
+                    eprintln!("warning: {err:#}");
+                }
+            }
+        }
+        match remove_project(&sh) {
+            Ok(()) => {
+                let _ = fs::remove_file(owner_file());
+            }
+            Err(err) => eprintln!("warning: removing the lab's `timemanager` project: {err:#}"),
         }
         let prefix = format!("{}/", self.registry.host());
         let format = "{{.Repository}}:{{.Tag}}";
@@ -416,11 +535,197 @@ impl Drop for Lab {
                 .run();
         }
         if self.keep {
-            eprintln!("kept the server directory: {}", self.base.display());
+            eprintln!("kept the server directories: {}", self.root.join("opt").display());
         } else {
             let _ = fs::remove_dir_all(&self.root);
         }
     }
+}
+
+/// `/` made shared by the lab: private again on drop.
+struct SharedRoot;
+
+impl Drop for SharedRoot {
+    fn drop(&mut self) {
+        let Ok(sh) = Shell::new() else { return };
+        if cmd!(sh, "mount --make-private /").quiet().run().is_err() {
+            eprintln!("warning: could not make `/` private again (`mount --make-private /`)");
+        }
+    }
+}
+
+/// Records which lab process owns the engine's `timemanager` project while it runs.
+fn owner_file() -> PathBuf {
+    std::env::temp_dir().join("timemanager-e2e-lab.pid")
+}
+
+/// What the engine holds of the `timemanager` compose project: containers and volumes
+/// (by compose label) and the fixed-name network.
+fn project_leftovers(sh: &Shell) -> anyhow::Result<Vec<String>> {
+    let label = format!("label=com.docker.compose.project={COMPOSE_PROJECT}");
+    let format = "{{.Names}}";
+    let mut found: Vec<String> = cmd!(sh, "docker ps -a --filter {label} --format {format}")
+        .quiet()
+        .read()?
+        .lines()
+        .map(|name| format!("container {name}"))
+        .collect();
+    found.extend(
+        cmd!(sh, "docker volume ls -q --filter {label}")
+            .quiet()
+            .read()?
+            .lines()
+            .map(|name| format!("volume {name}")),
+    );
+    let network = format!("name=^{COMPOSE_PROJECT}$");
+    found.extend(
+        cmd!(sh, "docker network ls -q --filter {network}")
+            .quiet()
+            .read()?
+            .lines()
+            .map(|_| format!("network {COMPOSE_PROJECT}")),
+    );
+    Ok(found)
+}
+
+/// The lab runs production's project name: it refuses to start next to a `timemanager`
+/// project it did not create (a real deployment on this engine), and removes what a lab that
+/// died without its drop left behind.
+fn claim_project(sh: &Shell) -> anyhow::Result<()> {
+    let found = project_leftovers(sh)?;
+    if found.is_empty() {
+        return Ok(());
+    }
+    let owner = fs::read_to_string(owner_file()).ok();
+    let dead_lab = owner
+        .as_deref()
+        .map(str::trim)
+        .is_some_and(|pid| !pid.is_empty() && !Path::new("/proc").join(pid).exists());
+    if !dead_lab {
+        bail!(
+            "this Docker engine already has a `{COMPOSE_PROJECT}` compose project that this lab did not create:\n  {}\nthe lab runs the production stack under its real names and would replace it; stop it first (if it is disposable: `docker compose -p {COMPOSE_PROJECT} down`), or run the e2e on another machine",
+            found.join("\n  ")
+        );
+    }
+    eprintln!(
+        "removing what an earlier lab run left behind: {}",
+        found.join(", ")
+    );
+    remove_project(sh)
+}
+
+/// Removes the `timemanager` project's containers, volumes and network, by label: the same
+/// as `down --volumes`, without needing its compose files.
+fn remove_project(sh: &Shell) -> anyhow::Result<()> {
+    let label = format!("label=com.docker.compose.project={COMPOSE_PROJECT}");
+    let ids = cmd!(sh, "docker ps -aq --filter {label}").quiet().read()?;
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    if !ids.is_empty() {
+        cmd!(sh, "docker rm --force --volumes {ids...}")
+            .quiet()
+            .ignore_stdout()
+            .run()?;
+    }
+    let volumes = cmd!(sh, "docker volume ls -q --filter {label}").quiet().read()?;
+    let volumes: Vec<&str> = volumes.split_whitespace().collect();
+    if !volumes.is_empty() {
+        cmd!(sh, "docker volume rm {volumes...}")
+            .quiet()
+            .ignore_stdout()
+            .run()?;
+    }
+    let network = format!("name=^{COMPOSE_PROJECT}$");
+    let networks = cmd!(sh, "docker network ls -q --filter {network}")
+        .quiet()
+        .read()?;
+    let networks: Vec<&str> = networks.split_whitespace().collect();
+    if !networks.is_empty() {
+        cmd!(sh, "docker network rm {networks...}")
+            .quiet()
+            .ignore_stdout()
+            .run()?;
+    }
+    let left = project_leftovers(sh)?;
+    ensure!(left.is_empty(), "still there: {}", left.join(", "));
+    Ok(())
+}
+
+/// Traefik publishes 80 and 443 on the host (literal ports in the compose file): fail early,
+/// naming the port, when something else listens there.
+fn ports_free() -> anyhow::Result<()> {
+    for port in [80, 443] {
+        if let Err(err) = TcpListener::bind(("0.0.0.0", port)) {
+            bail!(
+                "port {port} is taken ({err}): the lab's Traefik publishes 80 and 443 on the host, as in production; stop what listens there (`ss -ltnp 'sport = :{port}'`) and run the e2e again"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A request to the stack through Traefik, as a browser on the server would send it: the URL's
+/// host is `localhost` (SNI and `Host`), Traefik's self-signed default certificate is accepted
+/// (the lab has no ACME; production's is Let's Encrypt's), redirects are not followed. Any
+/// status is a reply.
+pub(crate) fn edge(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> anyhow::Result<Reply> {
+    let tls = ureq::tls::TlsConfig::builder()
+        .disable_verification(true)
+        .build();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .max_redirects(0)
+        .tls_config(tls)
+        .build()
+        .into();
+    let request = ureq::http::Request::builder().method(method).uri(url);
+    let request = headers.iter().fold(request, |request, (name, value)| {
+        request.header(*name, *value)
+    });
+    let result = match body {
+        Some(body) => agent.run(request.body(body.to_owned())?),
+        None => agent.run(request.body(())?),
+    };
+    let mut res = result.map_err(|err| anyhow::format_err!("{method} {url}: {err}"))?;
+    let headers = res
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = res
+        .body_mut()
+        .read_to_string()
+        .unwrap_or_default()
+        .into_bytes();
+    Ok(Reply {
+        status: res.status().as_u16(),
+        headers,
+        body,
+    })
+}
+
+/// The backend's health JSON (`status`, `database`, `revision`), if the reply is one: with no
+/// backend router, Traefik's catch-all frontend router answers 200 with the SPA instead.
+pub(crate) fn health_json(res: &Reply) -> Option<Value> {
+    let body: Value = serde_json::from_slice(&res.body).ok()?;
+    body.get("status")?.as_str()?;
+    body.get("revision")?.as_str()?;
+    Some(body)
+}
+
+/// The start of a body, for messages.
+pub(crate) fn excerpt(text: &str) -> String {
+    text.chars().take(120).collect::<String>().replace('\n', " ")
 }
 
 /// Commits everything in the clone the shell is in.
