@@ -9,6 +9,7 @@ pub(crate) mod docker;
 pub(crate) mod fault_proxy;
 pub(crate) mod http;
 pub(crate) mod lab;
+pub(crate) mod lab_images;
 pub(crate) mod postgres;
 pub(crate) mod registry;
 pub(crate) mod sshd;
