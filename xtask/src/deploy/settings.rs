@@ -57,6 +57,33 @@ pub(crate) struct Target {
     pub(crate) base: String,
     /// Compose project name (`timemanager`).
     pub(crate) project: String,
+    /// From `TM_COMPOSE` (a test seam): which compose the server's scripts run.
+    pub(crate) compose: ComposeChoice,
+}
+
+/// Which compose the server's scripts run: `docker compose` (v2, the CLI plugin) when the
+/// server has it, else `docker-compose` (v1), unless `TM_COMPOSE=v1|v2` on the deploying
+/// machine forces one (labs that have both test each).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum ComposeChoice {
+    #[default]
+    Detect,
+    V1,
+    V2,
+}
+
+impl ComposeChoice {
+    /// `TM_COMPOSE`'s value: `v1`, `v2`, or unset.
+    pub(crate) fn parse(value: Option<&str>) -> Result<ComposeChoice, String> {
+        match value {
+            None => Ok(ComposeChoice::Detect),
+            Some("v1") => Ok(ComposeChoice::V1),
+            Some("v2") => Ok(ComposeChoice::V2),
+            Some(other) => Err(format!(
+                "TM_COMPOSE must be `v1` (docker-compose) or `v2` (docker compose), got `{other}`"
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +154,10 @@ pub(crate) fn target(
             server.compose_project
         ));
     }
+    let compose = ComposeChoice::parse(env("TM_COMPOSE").as_deref()).unwrap_or_else(|problem| {
+        problems.invalid.push(problem);
+        ComposeChoice::Detect
+    });
     Target {
         host: host.unwrap_or_default(),
         user: server.user.clone(),
@@ -135,6 +166,7 @@ pub(crate) fn target(
         host_keys,
         base: server.remote_dir.trim_end_matches('/').to_owned(),
         project: server.compose_project.clone(),
+        compose,
     }
 }
 

@@ -65,15 +65,18 @@ fn sample_plan(push: bool) -> Plan {
         base: "/opt/timemanager".to_owned(),
         project: "timemanager".to_owned(),
         run_id: "0123456789abcdef".to_owned(),
+        compose: settings::ComposeChoice::Detect,
     };
     let gate = Gate {
         services: vec!["backend".to_owned(), "frontend".to_owned()],
         url: release.health_url.clone(),
         timeout: Duration::from_secs(180),
+        reach: health::Reach::default(),
     };
     let upload = Upload {
         tar: vec![0; 20480],
         n_files: 14,
+        has_override: false,
     };
     plan::deploy_plan(
         &scripts,

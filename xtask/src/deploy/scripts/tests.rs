@@ -13,14 +13,17 @@ use xshell::{Shell, cmd};
 use super::*;
 use crate::deploy::{
     secrets::Secret,
-    settings::{Credentials, EnvLine, EnvValue},
+    settings::{ComposeChoice, Credentials, EnvLine, EnvValue},
+    upload::{OVERRIDE_FILE, Upload},
 };
 
-fn remote(base: &str) -> ServerScripts {
+/// The scripts of one run against `base`, compose detected on the server.
+pub(crate) fn remote(base: &str) -> ServerScripts {
     ServerScripts {
         base: base.to_owned(),
         project: "timemanager".to_owned(),
         run_id: "0123456789abcdef".to_owned(),
+        compose: ComposeChoice::Detect,
     }
 }
 
@@ -60,7 +63,17 @@ fn all_scripts() -> Vec<(&'static str, Script)> {
     vec![
         ("probe", r.probe()),
         ("lock", r.lock("octocat (deploy of abc1234, it's me)")),
-        ("upload", r.upload("abc1234", b"not really a tar", 2)),
+        (
+            "upload",
+            r.upload(
+                "abc1234",
+                &Upload {
+                    tar: b"not really a tar".to_vec(),
+                    n_files: 2,
+                    has_override: true,
+                },
+            ),
+        ),
         ("env", r.write_env("abc1234", &env_lines(), &profiles)),
         (
             "pull",
@@ -297,7 +310,7 @@ impl Drop for FakeDocker {
     }
 }
 
-fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
+fn tar_of(files: &[(&str, &str)]) -> Upload {
     let mut builder = tar::Builder::new(Vec::new());
     for (name, text) in files {
         let mut header = tar::Header::new_gnu();
@@ -307,7 +320,11 @@ fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
             .append_data(&mut header, name, text.as_bytes())
             .unwrap();
     }
-    builder.into_inner().unwrap()
+    Upload {
+        tar: builder.into_inner().unwrap(),
+        n_files: files.len(),
+        has_override: files.iter().any(|(name, _)| *name == OVERRIDE_FILE),
+    }
 }
 
 /// The lock script, held by a running `bash` until its stdin closes.
@@ -374,7 +391,7 @@ fn releases_lock_upload_env_switch_and_back_on_a_real_directory() {
     ]);
 
     // Without the lock, mutating steps refuse to run.
-    let (ok, _, err) = run(&r.upload("aaaaaaa", &files_a, 2));
+    let (ok, _, err) = run(&r.upload("aaaaaaa", &files_a));
     assert!(
         !ok && err.contains("no longer holds the deploy lock"),
         "{err}"
@@ -388,11 +405,11 @@ fn releases_lock_upload_env_switch_and_back_on_a_real_directory() {
     let refused = hold_lock(&other.lock("someone else")).err().unwrap();
     assert_eq!(refused.trim_end(), "held\ttester (deploy of aaaaaaa)");
     // Another run's steps cannot use this run's lock.
-    let (ok, _, _) = run(&other.upload("aaaaaaa", &files_a, 2));
+    let (ok, _, _) = run(&other.upload("aaaaaaa", &files_a));
     assert!(!ok);
 
     for (tag, files) in [("aaaaaaa", &files_a), ("bbbbbbb", &files_b)] {
-        let (ok, _, err) = run(&r.upload(tag, files, 2));
+        let (ok, _, err) = run(&r.upload(tag, files));
         assert!(ok, "{err}");
         let (ok, _, err) = run(&r.write_env(tag, &env_lines(), &[]));
         assert!(ok, "{err}");
@@ -413,9 +430,9 @@ fn releases_lock_upload_env_switch_and_back_on_a_real_directory() {
     );
 
     // The same tag with the same files is reused; with other files it is refused.
-    let (ok, _, err) = run(&r.upload("aaaaaaa", &files_a, 2));
+    let (ok, _, err) = run(&r.upload("aaaaaaa", &files_a));
     assert!(ok && err.contains("reusing it"), "{err}");
-    let (ok, _, err) = run(&r.upload("aaaaaaa", &files_b, 2));
+    let (ok, _, err) = run(&r.upload("aaaaaaa", &files_b));
     assert!(!ok && err.contains("other files"), "{err}");
 
     let (ok, out, err) = run(&r.switch("aaaaaaa"));
