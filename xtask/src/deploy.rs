@@ -155,11 +155,12 @@ fn server_target(server: &flags::Server, env: Lookup<'_>) -> anyhow::Result<(Tar
 
 /// How the health URL is reached: `--health-insecure-tls` and `--health-resolve` (labs).
 fn reach(health: &flags::HealthGate, problems: &mut Problems) -> health::Reach {
-    health::Reach::new(health.health_insecure_tls, health.health_resolve.as_deref())
-        .unwrap_or_else(|err| {
+    health::Reach::new(health.health_insecure_tls, health.health_resolve.as_deref()).unwrap_or_else(
+        |err| {
             problems.invalid.push(format!("{err:#}"));
             health::Reach::default()
-        })
+        },
+    )
 }
 
 fn deploy(sh: &Shell, flags: &flags::Deploy, env: Lookup<'_>) -> anyhow::Result<()> {

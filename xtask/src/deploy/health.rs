@@ -188,9 +188,7 @@ impl Reach {
                     .trim_start_matches('[')
                     .trim_end_matches(']')
                     .parse()
-                    .with_context(|| {
-                        format!("--health-resolve: `{addr}` is not an IP address")
-                    })?;
+                    .with_context(|| format!("--health-resolve: `{addr}` is not an IP address"))?;
                 Some((host.to_ascii_lowercase(), addr))
             }
         };
@@ -424,5 +422,113 @@ mod tests {
         assert!(
             matches!(judge(&missing, &services()), Verdict::Failed(f) if f.contains("frontend"))
         );
+    }
+
+    #[test]
+    fn the_body_must_be_the_backends_health_json_of_the_release() {
+        let full = "abc1234f00dfeedbeef00000000000000000000";
+        let ok =
+            format!(r#"{{"status":"ok","database":"ok","version":"0.1.0","revision":"{full}"}}"#);
+        assert_eq!(check_body(&ok, Some("abc1234")), Ok(()));
+        assert_eq!(check_body(&ok, None), Ok(()));
+        // Traefik's fall-through to the SPA when the backend's routers are gone.
+        let spa = format!(
+            "<!doctype html>\n<html lang=\"en\">\n  <head>\n    <title>Time Manager</title>{}</head></html>",
+            " ".repeat(200)
+        );
+        let why = check_body(&spa, Some("abc1234")).unwrap_err();
+        assert!(
+            why.starts_with(
+                "answered 200 but not the backend's health JSON (<!doctype html> <html lang=\"en\">"
+            ) && why.ends_with("…)"),
+            "{why}"
+        );
+        assert!(why.len() < 200, "{why}");
+        let why = check_body("[1, 2]", None).unwrap_err();
+        assert!(
+            why.contains("not the backend's health JSON ([1, 2])"),
+            "{why}"
+        );
+        let degraded = r#"{"status":"degraded","database":"unavailable","revision":"abc1234"}"#;
+        assert_eq!(
+            check_body(degraded, None),
+            Err("answered 200 with status `degraded`".to_owned())
+        );
+        let old = r#"{"status":"ok","revision":"0000000aaaa"}"#;
+        let why = check_body(old, Some("abc1234")).unwrap_err();
+        assert!(why.contains("revision `0000000aaaa`, not abc1234"), "{why}");
+        // An unknown revision (a build without TIMEMANAGER_REVISION) is not this release.
+        let unknown = r#"{"status":"ok","revision":"unknown"}"#;
+        assert!(check_body(unknown, Some("abc1234")).is_err());
+        assert_eq!(check_body(unknown, None), Ok(()));
+    }
+
+    #[test]
+    fn health_resolve_takes_host_and_address() {
+        let reach = Reach::new(true, Some("TM.localhost:127.0.0.1")).unwrap();
+        assert_eq!(
+            reach.resolve,
+            Some(("tm.localhost".to_owned(), IpAddr::from([127, 0, 0, 1])))
+        );
+        assert_eq!(
+            reach.describe(),
+            " (tm.localhost resolved to 127.0.0.1) (any TLS certificate accepted)"
+        );
+        let v6 = Reach::new(false, Some("tm.localhost:[::1]")).unwrap();
+        assert_eq!(
+            v6.resolve.map(|(_, addr)| addr),
+            Some(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]))
+        );
+        assert_eq!(Reach::default().describe(), "");
+        for bad in [":127.0.0.1", "tm.localhost", "tm.localhost:localhost"] {
+            let err = Reach::new(false, Some(bad)).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("--health-resolve"),
+                "{bad}: {err:#}"
+            );
+        }
+    }
+
+    /// A name no resolver knows reaches a loopback server through `--health-resolve`, with
+    /// the name in the Host header, as Traefik routes by it.
+    #[test]
+    fn a_resolved_host_reaches_the_pinned_address() {
+        use std::io::{BufRead, BufReader, Write};
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line.trim().is_empty() {
+                    break;
+                }
+                request.push_str(&line);
+            }
+            let body = r#"{"status":"ok","revision":"abc1234ffff"}"#;
+            write!(
+                &stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            request
+        });
+        let reach = Reach::new(false, Some("lab.invalid:127.0.0.1")).unwrap();
+        let url = format!("http://lab.invalid:{port}/api/health");
+        let (status, body) = get(&url, &reach).unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(check_body(&body, Some("abc1234")), Ok(()));
+        let request = server.join().unwrap().to_ascii_lowercase();
+        assert!(
+            request.contains(&format!("host: lab.invalid:{port}")),
+            "{request}"
+        );
+        // Without the pin, the reserved `.invalid` name does not resolve.
+        assert!(get(&url, &Reach::default()).is_err());
     }
 }

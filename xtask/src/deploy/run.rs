@@ -194,8 +194,7 @@ impl<'a> Run<'a> {
                 }
                 .filter(|tag| settings::is_commit_tag(tag));
                 let session = self.session()?;
-                health::wait(self.sh, session, &self.scripts, gate, expected)
-                    .map(|_| String::new())
+                health::wait(self.sh, session, &self.scripts, gate, expected).map(|_| String::new())
             }
             Action::Record { kind, tag } => {
                 self.record(step, before, kind, tag).map(|()| String::new())
@@ -268,8 +267,10 @@ impl<'a> Run<'a> {
             let repository = format!("{}/{service}", images.repository);
             match client.manifest_digest(&repository, &images.tag)? {
                 Some(digest) => {
-                    self.pushed
-                        .insert((*service).to_owned(), (digest.to_string(), images.tag.clone()));
+                    self.pushed.insert(
+                        (*service).to_owned(),
+                        (digest.to_string(), images.tag.clone()),
+                    );
                 }
                 None => missing.push(format!("{}/{repository}:{}", images.registry, images.tag)),
             }

@@ -341,8 +341,7 @@ impl ServerScripts {
                 values
                     .value("registry_user", &credentials.username)
                     .heredoc("registry_password", &self.delimiter(), |s| {
-                        s.secret("registry password", &credentials.secret)
-                            .line("");
+                        s.secret("registry password", &credentials.secret).line("");
                     });
             }
             None => {

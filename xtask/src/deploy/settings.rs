@@ -504,4 +504,35 @@ mod tests {
         assert!(is_safe_path("/opt/timemanager") && !is_safe_path("/opt/../etc"));
         assert!(!is_safe_path("/opt/time manager"));
     }
+
+    #[test]
+    fn tm_compose_forces_one_compose_or_is_refused() {
+        let server = flags::Server {
+            host: Some("203.0.113.7".to_owned()),
+            user: "root".to_owned(),
+            port: 22,
+            identity: None,
+            known_hosts: None,
+            remote_dir: "/opt/timemanager".to_owned(),
+            compose_project: "timemanager".to_owned(),
+        };
+        for (value, expected) in [
+            ("", ComposeChoice::Detect),
+            ("v1", ComposeChoice::V1),
+            ("v2", ComposeChoice::V2),
+        ] {
+            let mut problems = Problems::default();
+            let vars = [("TM_COMPOSE", value)];
+            let env = lookup(&vars);
+            let found = target(&server, &env, &mut problems, &mut Redactor::default());
+            assert_eq!(found.compose, expected);
+            problems.into_result().unwrap();
+        }
+        let mut problems = Problems::default();
+        let vars = [("TM_COMPOSE", "docker-compose")];
+        let env = lookup(&vars);
+        target(&server, &env, &mut problems, &mut Redactor::default());
+        let message = format!("{:#}", problems.into_result().unwrap_err());
+        assert!(message.contains("TM_COMPOSE must be `v1`"), "{message}");
+    }
 }
