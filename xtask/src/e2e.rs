@@ -316,7 +316,8 @@ impl Scenario<'_> {
         })?;
         let window = poller.stop();
         one_connection(&out, "the failed deploy of C")?;
-        self.outputs.push(("5-deploy-C-no-database", out.output.clone()));
+        self.outputs
+            .push(("5-deploy-C-no-database", out.output.clone()));
         ensure!(
             out.output
                 .contains(&format!("the server is back on {}", a.tag)),
@@ -472,10 +473,12 @@ impl Scenario<'_> {
         );
         let mut times = Vec::new();
         for (name, release) in [("8-v1-deploy-A", a), ("8-v1-deploy-B", b)] {
-            let out = self.steps.run(&format!("8. v1: deploy {}", release.label), || {
-                lab.deploy(sh, &v1, release, &["--no-push"])?
-                    .expect_ok(&format!("deploy {} under compose v1", release.label))
-            })?;
+            let out = self
+                .steps
+                .run(&format!("8. v1: deploy {}", release.label), || {
+                    lab.deploy(sh, &v1, release, &["--no-push"])?
+                        .expect_ok(&format!("deploy {} under compose v1", release.label))
+                })?;
             one_connection(&out, &format!("deploy {} under v1", release.label))?;
             self.outputs.push((name, out.output.clone()));
             ensure!(
@@ -496,7 +499,8 @@ impl Scenario<'_> {
             "the backend's container was created by compose {made_by}, not v1"
         );
         let out = self.steps.run("8. v1: rollback", || {
-            lab.rollback(sh, &v1)?.expect_ok("rollback under compose v1")
+            lab.rollback(sh, &v1)?
+                .expect_ok("rollback under compose v1")
         })?;
         one_connection(&out, "rollback under v1")?;
         self.outputs.push(("8-v1-rollback", out.output.clone()));
@@ -543,7 +547,10 @@ impl Scenario<'_> {
             }
         }
         let mut n_env = 0;
-        for base in [&self.server.base, &lab.server("timemanager-v1", Compose::V1, false).base] {
+        for base in [
+            &self.server.base,
+            &lab.server("timemanager-v1", Compose::V1, false).base,
+        ] {
             for entry in fs::read_dir(base.join("releases"))? {
                 let env_file = entry?.path().join(".env");
                 if env_file.exists() {
@@ -568,7 +575,11 @@ const RELEASE_HEADER: &str = "x-e2e-release";
 
 fn release_header() -> anyhow::Result<Option<String>> {
     let res = crate::harness::lab::edge("GET", "https://localhost/", &[], None)?;
-    ensure!(res.status == 200, "`/` through Traefik answered {}", res.status);
+    ensure!(
+        res.status == 200,
+        "`/` through Traefik answered {}",
+        res.status
+    );
     Ok(res.header(RELEASE_HEADER).map(str::to_owned))
 }
 

@@ -194,10 +194,13 @@ pub(crate) fn postgres_volume(sh: &Shell) -> anyhow::Result<String> {
 /// When the PostgreSQL volume was created (`docker volume inspect`).
 pub(crate) fn volume_created(sh: &Shell) -> anyhow::Result<String> {
     let format = "{{.CreatedAt}}";
-    cmd!(sh, "docker volume inspect --format {format} {POSTGRES_VOLUME}")
-        .quiet()
-        .read()
-        .with_context(|| format!("the volume {POSTGRES_VOLUME} is gone"))
+    cmd!(
+        sh,
+        "docker volume inspect --format {format} {POSTGRES_VOLUME}"
+    )
+    .quiet()
+    .read()
+    .with_context(|| format!("the volume {POSTGRES_VOLUME} is gone"))
 }
 
 /// The rows of the e2e's user in the database itself, read with `psql` inside the container.
@@ -286,7 +289,11 @@ pub(crate) fn state_report(sh: &Shell) -> String {
         .quiet()
         .read()
         .unwrap_or_default();
-    for container in ["timemanager-backend", "timemanager-traefik", "timemanager-postgres"] {
+    for container in [
+        "timemanager-backend",
+        "timemanager-traefik",
+        "timemanager-postgres",
+    ] {
         // Traefik logs to stdout, the backend to stderr: both, one after the other.
         let logs = cmd!(sh, "docker logs --tail 15 {container}")
             .quiet()

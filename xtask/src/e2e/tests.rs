@@ -127,6 +127,7 @@ fn the_table_says_which_services_the_overrides_keep_from_running() {
 fn reads_services_and_profiles() {
     let compose = "x: 1\nservices:\n  a:\n    image: x\n  # comment\n  b-c:\n    environment:\n      D: e\n\nvolumes:\n  v:\n";
     assert_eq!(services(compose), ["a", "b-c"]);
-    let file = "services:\n  a:\n    profiles: !override [\"lab-unavailable\"]\n  b:\n    image: y\n";
+    let file =
+        "services:\n  a:\n    profiles: !override [\"lab-unavailable\"]\n  b:\n    image: y\n";
     assert_eq!(not_run(file), BTreeSet::from(["a".to_owned()]));
 }

@@ -195,10 +195,7 @@ impl Lab {
             .context("building the lab's stand-in images")?;
         let images_time = images_start.elapsed();
         fs::create_dir_all(root.join("overrides"))?;
-        fs::write(
-            root.join("overrides/docker-compose.lab.yml"),
-            LAB_OVERRIDE,
-        )?;
+        fs::write(root.join("overrides/docker-compose.lab.yml"), LAB_OVERRIDE)?;
         fs::write(
             root.join("overrides/docker-compose.lab-monitoring.yml"),
             LAB_MONITORING_OVERRIDE,
@@ -535,7 +532,10 @@ impl Drop for Lab {
                 .run();
         }
         if self.keep {
-            eprintln!("kept the server directories: {}", self.root.join("opt").display());
+            eprintln!(
+                "kept the server directories: {}",
+                self.root.join("opt").display()
+            );
         } else {
             let _ = fs::remove_dir_all(&self.root);
         }
@@ -626,7 +626,9 @@ fn remove_project(sh: &Shell) -> anyhow::Result<()> {
             .ignore_stdout()
             .run()?;
     }
-    let volumes = cmd!(sh, "docker volume ls -q --filter {label}").quiet().read()?;
+    let volumes = cmd!(sh, "docker volume ls -q --filter {label}")
+        .quiet()
+        .read()?;
     let volumes: Vec<&str> = volumes.split_whitespace().collect();
     if !volumes.is_empty() {
         cmd!(sh, "docker volume rm {volumes...}")
@@ -725,7 +727,10 @@ pub(crate) fn health_json(res: &Reply) -> Option<Value> {
 
 /// The start of a body, for messages.
 pub(crate) fn excerpt(text: &str) -> String {
-    text.chars().take(120).collect::<String>().replace('\n', " ")
+    text.chars()
+        .take(120)
+        .collect::<String>()
+        .replace('\n', " ")
 }
 
 /// Commits everything in the clone the shell is in.
