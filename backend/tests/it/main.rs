@@ -10,6 +10,7 @@ mod cors;
 mod dashboards;
 mod health;
 mod metrics;
+mod migrate;
 mod migrations;
 mod pg;
 mod support;
