@@ -133,6 +133,7 @@ pub fn print_list() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Lowercase hex, the form checksums take in the listing and in [`Record`].
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().fold(String::new(), |mut out, byte| {
         let _ = write!(out, "{byte:02x}");
@@ -143,6 +144,9 @@ pub fn hex(bytes: &[u8]) -> String {
 /// Start-up safety net: applies what `migrate` has not (a no-op after a deploy that
 /// migrated), tolerating newer migrations, and logs those so an operator sees that an
 /// older release runs on a newer schema.
+///
+/// On error the pooled connection that ran it may still hold sqlx's advisory lock (sqlx
+/// only releases it on success), so the caller must close the pool, as start-up does.
 pub async fn run_at_startup(pool: &PgPool) -> Result<(), MigrateError> {
     let migrator = migrator();
     migrator.run(pool).await?;
