@@ -20,6 +20,7 @@ pub mod rollback;
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -129,8 +130,16 @@ pub fn print_list() -> ExitCode {
             }
         }
     }
-    print!("{out}");
-    ExitCode::SUCCESS
+    // `migrations | head -1` closes the pipe early; that is not a failure, and print!
+    // would panic on it.
+    match std::io::stdout().lock().write_all(out.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: cannot write the migration list: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Lowercase hex, the form checksums take in the listing and in [`Record`].
