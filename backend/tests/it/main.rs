@@ -8,6 +8,7 @@ mod binary;
 mod clock;
 mod cors;
 mod dashboards;
+mod drain;
 mod health;
 mod metrics;
 mod migrations;
