@@ -2,7 +2,7 @@
 //! idle keep-alive connections are closed and the binary exits 0 in bounded time. The
 //! in-flight request that outlives the drain is in `binary.rs` (the SIGTERM test).
 
-use std::io::{Read as _, Write as _};
+use std::io::{ErrorKind, Read as _, Write as _};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -90,7 +90,7 @@ fn wait_closed(stream: &mut TcpStream) {
     let mut buf = [0u8; 64];
     match stream.read(&mut buf) {
         Ok(0) => {}
-        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(err) if err.kind() == ErrorKind::ConnectionReset => {}
         Ok(n) => panic!("unexpected data on an idle connection: {:?}", &buf[..n]),
         Err(err) => panic!("idle connection not closed: {err}"),
     }
@@ -119,6 +119,21 @@ async fn wait_draining(port: u16) -> Value {
         }
         assert_eq!(status, 200, "{body}");
         assert!(Instant::now() < deadline, "/health never answered 503");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the port refuses connections; those accepted meanwhile are dropped.
+async fn wait_refused(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Err(err) if err.kind() == ErrorKind::ConnectionRefused => return,
+            // A connect that raced the listener's close sits in the backlog and is reset.
+            Err(err) if err.kind() == ErrorKind::ConnectionReset => {}
+            Err(err) => panic!("unexpected connect error: {err}"),
+            Ok(_) => assert!(Instant::now() < deadline, "still accepting connections"),
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -166,10 +181,8 @@ async fn drains_then_closes_idle_keep_alive_connections_and_exits_0() {
         (DRAIN..DRAIN + Duration::from_millis(1500)).contains(&closed_after),
         "idle connection closed {closed_after:?} after SIGTERM, drain is {DRAIN:?}"
     );
-    match TcpStream::connect(("127.0.0.1", port)) {
-        Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused),
-        Ok(_) => panic!("still accepting connections after the drain"),
-    }
+    // The listener closes concurrently with the connections, so poll a little.
+    wait_refused(port).await;
 
     let status = backend.wait_exit(Duration::from_secs(10)).await;
     let exited_after = signalled.elapsed();
