@@ -3,9 +3,12 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
+use std::time::Duration;
 
 use axum::http::HeaderValue;
 use sqlx::postgres::PgConnectOptions;
+
+use crate::migrations::Timeouts;
 
 /// Port served (and probed by `healthcheck`) when `APP_PORT` is unset or empty.
 const DEFAULT_PORT: u16 = 8080;
@@ -355,6 +358,97 @@ fn parse_otlp_endpoint(raw: &str) -> Result<String, ConfigError> {
     Ok(format!("{}/v1/traces", raw.trim_end_matches('/')))
 }
 
+/// `MIGRATE_LOCK_TIMEOUT` when unset: long enough for a busy table, short enough that a
+/// migration queued behind a long query does not stall every query queued behind it.
+pub const DEFAULT_MIGRATE_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+/// `MIGRATE_STATEMENT_TIMEOUT` when unset.
+pub const DEFAULT_MIGRATE_STATEMENT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Settings of `timemanager-backend migrate`: only what migrating needs, so the deploy
+/// can run it with the server's environment without the server's settings mattering.
+#[derive(Clone, Debug)]
+pub struct MigrateConfig {
+    pub database: DatabaseUrl,
+    pub timeouts: Timeouts,
+}
+
+impl MigrateConfig {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| match std::env::var(name) {
+            Ok(value) => Ok(Some(value)),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => Err(()),
+        })
+    }
+
+    /// Reads configuration through `lookup`, like [`Config::from_lookup`].
+    pub fn from_lookup(
+        lookup: impl Fn(&'static str) -> Result<Option<String>, ()>,
+    ) -> Result<Self, ConfigError> {
+        let get = |name: &'static str| -> Result<Option<String>, ConfigError> {
+            match lookup(name) {
+                Ok(Some(value)) if !value.trim().is_empty() => Ok(Some(value.trim().to_owned())),
+                Ok(_) => Ok(None),
+                Err(()) => Err(invalid(name, "must be valid UTF-8")),
+            }
+        };
+        let database = match get("DATABASE_URL")? {
+            None => {
+                return Err(invalid(
+                    "DATABASE_URL",
+                    "is required (e.g. postgres://user:password@db:5432/timemanager)",
+                ));
+            }
+            Some(raw) => parse_database_url(&raw)?,
+        };
+        let timeout = |name: &'static str, default: Duration| match get(name)? {
+            None => Ok(default),
+            Some(raw) => parse_timeout(&raw).map_err(|problem| invalid(name, problem)),
+        };
+        Ok(Self {
+            database,
+            timeouts: Timeouts {
+                lock: timeout("MIGRATE_LOCK_TIMEOUT", DEFAULT_MIGRATE_LOCK_TIMEOUT)?,
+                statement: timeout(
+                    "MIGRATE_STATEMENT_TIMEOUT",
+                    DEFAULT_MIGRATE_STATEMENT_TIMEOUT,
+                )?,
+            },
+        })
+    }
+}
+
+/// Parses `500ms`, `5s` or `5min` (PostgreSQL's units, but the unit is required so that
+/// `5` cannot mean milliseconds to one reader and seconds to another); `0` disables.
+fn parse_timeout(raw: &str) -> Result<Duration, String> {
+    let problem = || {
+        format!(
+            "must be a duration such as 500ms, 5s or 5min (0 disables it), got {}",
+            quoted(raw)
+        )
+    };
+    let raw = raw.trim();
+    if raw == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = raw
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(problem)?;
+    let number: u64 = raw[..split].parse().map_err(|_| problem())?;
+    let millis = match &raw[split..] {
+        "ms" => Some(number),
+        "s" => number.checked_mul(1_000),
+        "min" => number.checked_mul(60_000),
+        _ => None,
+    };
+    // PostgreSQL keeps these settings as a 32-bit count of milliseconds.
+    match millis {
+        Some(millis) if i32::try_from(millis).is_ok() => Ok(Duration::from_millis(millis)),
+        _ => Err(problem()),
+    }
+}
+
 /// Quotes a user-supplied value for an error message, shortening very long input.
 fn quoted(value: &str) -> String {
     const MAX_CHARS: usize = 80;
@@ -521,6 +615,42 @@ mod tests {
                 .err()
                 .unwrap();
             assert_eq!(err.variable, "OTEL_EXPORTER_OTLP_ENDPOINT", "{bad}");
+        }
+    }
+
+    #[test]
+    fn migrate_config_needs_only_the_database_and_has_default_timeouts() {
+        let vars = |vars: &[(&'static str, &'static str)]| {
+            let vars: HashMap<&'static str, String> =
+                vars.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+            MigrateConfig::from_lookup(move |name| Ok(vars.get(name).cloned()))
+        };
+        // Server settings do not matter, even invalid ones.
+        let c = vars(&[DB, ("APP_PORT", "abc")]).unwrap();
+        assert_eq!(c.timeouts.lock, Duration::from_secs(5));
+        assert_eq!(c.timeouts.statement, Duration::from_secs(300));
+        assert_eq!(c.database.to_string(), "postgres://app:***@db:5432/tm");
+        assert_eq!(vars(&[]).unwrap_err().variable, "DATABASE_URL");
+
+        let c = vars(&[
+            DB,
+            ("MIGRATE_LOCK_TIMEOUT", "750ms"),
+            ("MIGRATE_STATEMENT_TIMEOUT", "10min"),
+        ])
+        .unwrap();
+        assert_eq!(c.timeouts.lock, Duration::from_millis(750));
+        assert_eq!(c.timeouts.statement, Duration::from_secs(600));
+        let c = vars(&[DB, ("MIGRATE_STATEMENT_TIMEOUT", "0")]).unwrap();
+        assert_eq!(c.timeouts.statement, Duration::ZERO);
+
+        for bad in ["5", "5 s", "-1s", "1h", "s", "99999999min"] {
+            let err = vars(&[DB, ("MIGRATE_LOCK_TIMEOUT", bad)]).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "MIGRATE_LOCK_TIMEOUT must be a duration such as 500ms, 5s or 5min (0 disables it), got {bad:?}"
+                )
+            );
         }
     }
 

@@ -6,6 +6,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod metrics;
+pub mod migrations;
 pub mod telemetry;
 pub mod users;
 
@@ -19,7 +20,6 @@ use axum::Router;
 use axum::http::{Method, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{get, post};
-use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection as _, PgPool};
 use tokio::net::TcpListener;
@@ -29,6 +29,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::config::{Config, CorsOrigins};
 use crate::error::{error_chain, json_error};
 use crate::metrics::Metrics;
+pub use crate::migrations::MIGRATOR;
 
 /// Crate version, reported by `/health` and `build_info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -39,9 +40,6 @@ pub const REVISION: &str = match option_env!("TIMEMANAGER_REVISION") {
     Some(revision) if !revision.is_empty() => revision,
     _ => "unknown",
 };
-
-/// Schema migrations, embedded in the binary and applied at start-up.
-pub static MIGRATOR: Migrator = sqlx::migrate!();
 
 /// Connections kept by the pool; small because PostgreSQL processes are costly.
 const POOL_MAX_CONNECTIONS: u32 = 10;
@@ -146,7 +144,7 @@ pub fn pool(options: PgConnectOptions) -> PgPool {
 /// Waits until the database accepts a connection, for at most `STARTUP_DB_WAIT`.
 /// Connecting directly (not through the pool) surfaces the real cause, e.g.
 /// "connection refused", instead of a generic pool timeout.
-async fn wait_for_database(options: &PgConnectOptions) -> Result<(), sqlx::Error> {
+pub(crate) async fn wait_for_database(options: &PgConnectOptions) -> Result<(), sqlx::Error> {
     let deadline = tokio::time::Instant::now() + STARTUP_DB_WAIT;
     let mut delay = Duration::from_millis(250);
     loop {
@@ -216,7 +214,7 @@ async fn serve(config: Config) -> ExitCode {
             .await
             .map_err(|err| format!("database unavailable: {}", error_chain(&err)))?;
         let pool = pool(options.clone());
-        match MIGRATOR.run(&pool).await {
+        match migrations::run_at_startup(&pool).await {
             Ok(()) => Ok(pool),
             Err(err) => {
                 pool.close().await;

@@ -6,7 +6,16 @@ use anyhow::Context;
 use serde_json::Value;
 use xshell::{Shell, cmd};
 
-use crate::{flags, image, project, project::cargo};
+use crate::{
+    flags,
+    harness::{
+        lab::{Lab, changed_backend},
+        registry::{Auth, TestRegistry},
+    },
+    image, project,
+    project::cargo,
+    push::{CredentialSource, PushOptions, push_built},
+};
 
 impl flags::Bench {
     pub(crate) fn run(self, sh: &Shell) -> anyhow::Result<()> {
@@ -138,14 +147,9 @@ fn machine(sh: &Shell) -> String {
 
 /// Cold push (empty registry), no-change push and one-line-change push of both images to
 /// a local distribution registry with token auth (the GHCR flow: ping, token, HEADs).
-/// The one-line change is simulated (see `push_checks::changed_backend`): a rebuild of
+/// The one-line change is simulated (see `harness::lab::changed_backend`): a rebuild of
 /// the backend is what `bench build` measures.
 fn bench_push(sh: &Shell, runs: usize) -> anyhow::Result<()> {
-    use crate::{
-        ci::push_checks::changed_backend,
-        harness::registry::{Auth, Registry},
-        push::{CredentialSource, PushOptions, push_built},
-    };
     let runs = runs.max(1);
     eprintln!("building the images (a no-op when they are up to date)...");
     image::build(sh, &[])?;
@@ -160,7 +164,7 @@ fn bench_push(sh: &Shell, runs: usize) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let start_registry = |sh: &Shell| {
-        Registry::start(
+        TestRegistry::start(
             sh,
             Auth::Token {
                 user: "bench".to_owned(),
@@ -168,7 +172,7 @@ fn bench_push(sh: &Shell, runs: usize) -> anyhow::Result<()> {
             },
         )
     };
-    let options = |registry: &Registry, cache: &Path| PushOptions {
+    let options = |registry: &TestRegistry, cache: &Path| PushOptions {
         registry: registry.host(),
         namespace: Some("bench/tm".to_owned()),
         credentials: registry
@@ -295,7 +299,82 @@ fn bench_push_row(name: &str, samples: &[PushSample]) {
 }
 
 /// A no-change deploy over ssh on loopback (sshd, registry, Docker, PostgreSQL from the e2e
-/// harness): wall time, its split by step, and the TCP connections sshd accepted.
+/// lab): wall time, its split by step, and the TCP connections sshd accepted.
 fn bench_deploy(sh: &Shell, runs: usize) -> anyhow::Result<()> {
-    crate::e2e::bench_deploy(sh, runs, &machine(sh))
+    let machine = machine(sh);
+    let lab = Lab::start(sh)?;
+    lab.prepare_clone(sh)?;
+    let a = lab.build(sh, "A", None)?;
+    eprintln!("first deploy of {} (not measured)...", a.tag);
+    lab.deploy(sh, &a, &[])?.expect_ok("the first deploy")?;
+    let mut samples = Vec::new();
+    for run in 0..runs.max(1) {
+        eprintln!("no-change deploy {}/{runs}...", run + 1);
+        let out = lab.deploy(sh, &a, &[])?.expect_ok("a no-change deploy")?;
+        let record = lab.last_record()?;
+        samples.push((out.elapsed, out.connections, record["steps"].clone()));
+    }
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let step = |steps: &Value, names: &[&str]| -> f64 {
+        names
+            .iter()
+            .filter_map(|name| steps[*name].as_f64())
+            .fold(0.0, |acc, x| acc + x)
+    };
+    let groups: &[(&str, &[&str])] = &[
+        ("build + push (no-op)", &["build and push images"]),
+        (
+            "ssh: connect, server preflight, lock",
+            &["connect", "preflight: server", "lock"],
+        ),
+        (
+            "upload: files, .env",
+            &["upload release files", "write .env"],
+        ),
+        ("pull (login, pull, digests)", &["registry login and pull"]),
+        ("up: switch, compose up", &["switch current", "start"]),
+        ("health gate", &["health gate"]),
+        ("cleanup", &["cleanup"]),
+    ];
+    println!("machine: {machine}; compose: docker-compose v1 on the local engine");
+    println!(
+        "| no-change deploy (median of {}) | seconds |",
+        samples.len()
+    );
+    println!("|---|---|");
+    let wall = median(samples.iter().map(|s| s.0.as_secs_f64()).collect());
+    println!("| wall (process start to exit) | {wall:.2} |");
+    let mut accounted = 0.0;
+    for (label, names) in groups {
+        let value = median(samples.iter().map(|s| step(&s.2, names)).collect());
+        accounted += value;
+        println!("| {label} | {value:.2} |");
+    }
+    let pull = median(
+        samples
+            .iter()
+            .map(|s| step(&s.2, &["registry login and pull"]))
+            .collect(),
+    );
+    let up = median(samples.iter().map(|s| step(&s.2, &["start"])).collect());
+    let build = median(
+        samples
+            .iter()
+            .map(|s| step(&s.2, &["build and push images"]))
+            .collect(),
+    );
+    println!(
+        "| other (process start, settings, the record, summary) | {:.2} |",
+        (wall - accounted).max(0.0)
+    );
+    println!(
+        "\noverhead beyond build+push, pull and container start: {:.2} s (target <= 3 s)",
+        wall - pull - up - build
+    );
+    let connections: Vec<usize> = samples.iter().map(|s| s.1).collect();
+    println!("TCP connections to sshd per deploy: {connections:?} (target: 1)");
+    Ok(())
 }

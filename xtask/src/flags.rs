@@ -96,6 +96,10 @@ pub(crate) struct Ci {
     /// Skip building the images and checking them with skopeo, umoci and Docker.
     #[arg(long)]
     pub(crate) skip_images: bool,
+    /// Run only this step (`push`) or check (`push/fault-retry-500`) and what it needs;
+    /// repeatable. An unknown name fails and lists the valid ones.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) only: Vec<String>,
 }
 
 #[derive(Debug, Args)]

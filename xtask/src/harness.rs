@@ -1,8 +1,15 @@
-//! Real services for tests, started on loopback by the xtask itself: Docker, PostgreSQL.
+//! Real services for checks, started on loopback by the xtask itself and stopped on drop:
+//! `dockerd` and PostgreSQL (`docker.rs`, `postgres.rs`), Debian's `docker-registry` with no
+//! auth, htpasswd or our token server (`registry.rs`, `token_server.rs`), a fault-injecting
+//! proxy (`fault_proxy.rs`), sshd (`sshd.rs`), all run as daemons through `daemon.rs`;
+//! small HTTP helpers (`http.rs`); and the deploy lab that e2e and bench share (`lab.rs`).
 
 pub(crate) mod daemon;
 pub(crate) mod docker;
+pub(crate) mod fault_proxy;
 pub(crate) mod http;
+pub(crate) mod lab;
 pub(crate) mod postgres;
 pub(crate) mod registry;
 pub(crate) mod sshd;
+pub(crate) mod token_server;

@@ -23,6 +23,11 @@ pub(crate) const NPM: Need = Need {
     program: "npm",
     package: "npm",
 };
+/// The deploy scripts' tests run it: they fail, not skip, without it.
+pub(crate) const SHELLCHECK: Need = Need {
+    program: "shellcheck",
+    package: "shellcheck",
+};
 
 /// Installs the packages behind missing programs, or says how to.
 pub(crate) fn ensure(sh: &Shell, needs: &[Need]) -> anyhow::Result<()> {

@@ -25,7 +25,8 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use xshell::{Shell, cmd};
 
-pub(crate) use crate::push::{layout::Layout, progress::human_bytes};
+pub(crate) use crate::push::layout::Layout;
+use crate::steps::human_bytes;
 use crate::{
     digest::Digest,
     flags,

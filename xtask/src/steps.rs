@@ -1,4 +1,4 @@
-//! Named, timed steps with a summary, shared by every multi-step command.
+//! Named, timed steps with a summary, shared by every multi-step command, and how durations and sizes print.
 
 use std::time::{Duration, Instant};
 
@@ -120,9 +120,27 @@ pub(crate) fn format_duration(d: Duration) -> String {
     }
 }
 
+/// `3.8 MB`, `108.4 kB`, `999 B`: decimal units, one decimal.
+pub(crate) fn human_bytes(n: u64) -> String {
+    if n >= 1_000_000 {
+        format!("{:.1} MB", n as f64 / 1e6)
+    } else if n >= 1_000 {
+        format!("{:.1} kB", n as f64 / 1e3)
+    } else {
+        format!("{n} B")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_naturally() {
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(3_813_699), "3.8 MB");
+        assert_eq!(human_bytes(108_431), "108.4 kB");
+    }
 
     #[test]
     fn failing_step_is_named_and_stops_the_run() {

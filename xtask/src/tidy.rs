@@ -223,9 +223,12 @@ fn find_cycle(layers: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>
 fn crate_paths_reads_grouped_and_nested_imports() {
     // Built with concat! so this file's own source holds no such path.
     let text = concat!(
-        "use cra", "te::{image::{self, Image}, registry::Client, project};\n",
-        "// cra", "te::ci in a comment\n",
-        "let x = cra", "te::push::push(y);"
+        "use cra",
+        "te::{image::{self, Image}, registry::Client, project};\n",
+        "// cra",
+        "te::ci in a comment\n",
+        "let x = cra",
+        "te::push::push(y);"
     );
     let found: Vec<String> = crate_paths(text).into_iter().collect();
     assert_eq!(found, ["image", "project", "push", "registry"]);

@@ -11,6 +11,7 @@ mod dashboards;
 mod fixtures;
 mod health;
 mod metrics;
+mod migrate;
 mod migrations;
 mod pg;
 mod support;

@@ -10,7 +10,7 @@ use xshell::Shell;
 
 use crate::{
     ci::images,
-    harness::registry::{Auth, Registry},
+    harness::registry::{Auth, TestRegistry},
     image::{
         self, base, contents,
         definitions::{Base, Contents, ImageDef, LayerDef, Link},
@@ -41,7 +41,7 @@ pub(crate) fn check(sh: &Shell, scratch: &Path, epoch: u64) -> anyhow::Result<()
     let _engine = crate::harness::docker::engine(sh, scratch)?;
     let lock = scratch.join("base-images.lock.json");
     let _ = std::fs::remove_file(&lock);
-    let registry = Registry::start(sh, Auth::None)?;
+    let registry = TestRegistry::start(sh, Auth::None)?;
     let host = registry.host();
     let client = Client::new(
         client::Registry::parse(&host, &[])?,

@@ -164,7 +164,7 @@ impl Container {
                 .unwrap_or_default()
     }
 
-    fn wait(&self, sh: &Shell, url: &str) -> anyhow::Result<http::Response> {
+    fn wait(&self, sh: &Shell, url: &str) -> anyhow::Result<http::Reply> {
         http::wait_for_status(url, 200, Duration::from_secs(30))
             .with_context(|| format!("container logs:\n{}", self.logs(sh)))
     }

@@ -1,12 +1,19 @@
 //! `cargo xtask ci` step "push: real registry": push the built images to distribution 2.8
 //! with no auth, htpasswd and token auth, read them back with skopeo and a real Docker
 //! engine, and check the no-change, one-line-change, mount, fault and error paths.
+//!
+//! Each check is a named unit of the `push` suite (`cargo xtask ci --only push/NAME`); the
+//! registries and the fault proxy start when a selected check first needs them. The fault
+//! checks are in `push_checks/faults.rs`, the permanent errors in `push_checks/errors.rs`.
+
+mod errors;
+mod faults;
 
 use std::{
+    cell::OnceCell,
     collections::BTreeSet,
     fs,
     hash::{BuildHasher, Hasher},
-    io::{BufWriter, Read},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -16,113 +23,162 @@ use serde_json::Value;
 use xshell::{Shell, cmd};
 
 use crate::{
-    ci::images::{self, SKOPEO},
+    ci::{
+        images::{self, SKOPEO},
+        suite::{self, Check},
+    },
     digest::Digest,
     harness::{
         docker,
-        registry::{
-            Auth, DOCKER_REGISTRY, Fault, FaultKind, FaultProxy, HTPASSWD, OPENSSL, Registry,
-        },
+        fault_proxy::FaultProxy,
+        lab::changed_backend,
+        registry::{Auth, DOCKER_REGISTRY, HTPASSWD, OPENSSL, TestRegistry},
     },
-    image::{
-        AssemblyTimes, BuildReport, BuiltImage,
-        layer::{self, Entry, EntryKind, Source},
-        oci::Blob,
-        store::ImageBlobs,
-    },
+    image::{BuildReport, BuiltImage},
     project::Revision,
     provision,
-    push::{CredentialSource, PushOptions, PushedImage, human_bytes, push_built},
+    push::{CredentialSource, PushOptions, PushedImage, push_built},
     registry::{self, Client, ClientOptions, Credentials, RetryPolicy},
+    steps::human_bytes,
 };
 
-pub(crate) fn check(sh: &Shell, report: &BuildReport, scratch: &Path) -> anyhow::Result<()> {
-    check_images(sh, &report.revision, &report.images, scratch)
-}
-
-/// [`check`] on images however they were built.
-pub(crate) fn check_images(
+/// Runs the push checks `only` names (all when `None`) against the built images.
+pub(crate) fn check(
     sh: &Shell,
-    revision: &Revision,
-    images: &[BuiltImage],
+    report: &BuildReport,
     scratch: &Path,
+    only: Option<&[String]>,
 ) -> anyhow::Result<()> {
     provision::ensure(sh, &[DOCKER_REGISTRY, HTPASSWD, OPENSSL, SKOPEO])?;
     let dir = scratch.join("push");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
-    let ctx = Ctx {
+    let lab = PushLab {
         sh,
-        revision,
-        images,
+        revision: &report.revision,
+        images: &report.images,
         dir,
+        proxy: OnceCell::new(),
+        registries: Default::default(),
     };
-    let user = "ci".to_owned();
-    let plain = Registry::start(sh, Auth::None)?;
-    let basic = Registry::start(
-        sh,
-        Auth::Htpasswd {
-            user: user.clone(),
-            password: random_hex(),
-        },
-    )?;
-    let token = Registry::start(
-        sh,
-        Auth::Token {
-            user,
-            password: random_hex(),
-        },
-    )?;
-    let registries = [("no auth", &plain), ("htpasswd", &basic), ("token", &token)];
+    suite::run("push", &checks(), only, &lab)
+}
 
-    for (mode, registry) in registries {
-        let cache = ctx
-            .dir
-            .join(format!("mounts-{}.json", registry.addr.port()));
-        sub(&format!("push both images ({mode})"), || {
-            ctx.cold_push(registry, &cache)
-                .with_context(|| format!("registry log ends:\n{}", registry.log_tail()))
-        })?;
-        sub(&format!("skopeo inspect ({mode})"), || {
-            ctx.skopeo_inspect(registry, mode)
-        })?;
-        sub(&format!("unchanged push uploads nothing ({mode})"), || {
-            ctx.unchanged_push(registry, &cache)
-        })?;
+/// The names `--only push/NAME` takes, in the order the checks run.
+pub(crate) fn names() -> Vec<String> {
+    checks().into_iter().map(|check| check.name).collect()
+}
+
+/// The registry's auth mode; each mode gets its own registry.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    NoAuth,
+    Htpasswd,
+    Token,
+}
+
+const MODES: [Mode; 3] = [Mode::NoAuth, Mode::Htpasswd, Mode::Token];
+
+impl Mode {
+    /// As printed in check titles.
+    fn label(self) -> &'static str {
+        match self {
+            Mode::NoAuth => "no auth",
+            Mode::Htpasswd => "htpasswd",
+            Mode::Token => "token",
+        }
     }
-    sub("docker pull and run the backend (htpasswd)", || {
-        ctx.docker_pull_and_run(&basic)
-    })?;
-    sub(
-        "one-line backend change uploads only the binary layer",
-        || ctx.one_line_change(&basic),
-    )?;
-    sub("push to a second repository mounts (token)", || {
-        ctx.second_repository(&token)
-    })?;
-    sub("cargo xtask push: CLI, env credentials, --json", || {
-        ctx.cli(&basic)
-    })?;
-    fault_checks(&ctx, &plain)?;
-    error_checks(&ctx, &plain, &basic, &token)
+
+    /// As used in check names.
+    fn slug(self) -> &'static str {
+        match self {
+            Mode::NoAuth => "no-auth",
+            Mode::Htpasswd => "htpasswd",
+            Mode::Token => "token",
+        }
+    }
 }
 
-/// Runs one named check and prints what it showed.
-fn sub(name: &str, f: impl FnOnce() -> anyhow::Result<String>) -> anyhow::Result<()> {
-    let start = Instant::now();
-    let detail = f().with_context(|| format!("check `{name}`"))?;
-    eprintln!(
-        "  ok  {name} ({:.1} s): {detail}",
-        start.elapsed().as_secs_f64()
-    );
-    Ok(())
+fn cold_push_name(mode: Mode) -> String {
+    format!("cold-push-{}", mode.slug())
 }
 
-struct Ctx<'a> {
+/// Every push check, in the order they run.
+fn checks<'a>() -> Vec<Check<PushLab<'a>>> {
+    let mut checks = Vec::new();
+    for mode in MODES {
+        let label = mode.label();
+        checks.push(Check::new(
+            cold_push_name(mode),
+            format!("push both images ({label})"),
+            move |lab: &PushLab<'a>| {
+                let registry = lab.registry(mode)?;
+                lab.cold_push(registry, &lab.mount_cache(registry))
+                    .with_context(|| format!("registry log ends:\n{}", registry.log_tail()))
+            },
+        ));
+        checks.push(
+            Check::new(
+                format!("skopeo-{}", mode.slug()),
+                format!("skopeo inspect ({label})"),
+                move |lab: &PushLab<'a>| lab.skopeo_inspect(lab.registry(mode)?, label),
+            )
+            .needs(cold_push_name(mode)),
+        );
+        checks.push(
+            Check::new(
+                format!("unchanged-push-{}", mode.slug()),
+                format!("unchanged push uploads nothing ({label})"),
+                move |lab: &PushLab<'a>| {
+                    let registry = lab.registry(mode)?;
+                    lab.unchanged_push(registry, &lab.mount_cache(registry))
+                },
+            )
+            .needs(cold_push_name(mode)),
+        );
+    }
+    checks.extend([
+        Check::new(
+            "docker-pull",
+            "docker pull and run the backend (htpasswd)",
+            |lab: &PushLab<'a>| lab.docker_pull_and_run(lab.registry(Mode::Htpasswd)?),
+        )
+        .needs(cold_push_name(Mode::Htpasswd)),
+        Check::new(
+            "one-line-change",
+            "one-line backend change uploads only the binary layer",
+            |lab: &PushLab<'a>| lab.one_line_change(lab.registry(Mode::Htpasswd)?),
+        )
+        .needs(cold_push_name(Mode::Htpasswd)),
+        Check::new(
+            "second-repository",
+            "push to a second repository mounts (token)",
+            |lab: &PushLab<'a>| lab.second_repository(lab.registry(Mode::Token)?),
+        )
+        .needs(cold_push_name(Mode::Token)),
+        Check::new(
+            "cli",
+            "cargo xtask push: CLI, env credentials, --json",
+            |lab: &PushLab<'a>| lab.cli(lab.registry(Mode::Htpasswd)?),
+        )
+        .needs(cold_push_name(Mode::Htpasswd)),
+    ]);
+    checks.extend(faults::checks());
+    checks.extend(errors::checks());
+    checks
+}
+
+/// What the push checks share: the images, a scratch directory, and the registries and
+/// fault proxy, each started when a check first asks for it and stopped on drop.
+struct PushLab<'a> {
     sh: &'a Shell,
     revision: &'a Revision,
     images: &'a [BuiltImage],
     dir: PathBuf,
+    /// Declared before the registries, so it stops before its upstream.
+    proxy: OnceCell<FaultProxy>,
+    /// By [`Mode`].
+    registries: [OnceCell<TestRegistry>; 3],
 }
 
 /// Quick retries for tests; the bounds are what the fault checks assert against.
@@ -151,7 +207,45 @@ fn options(registry_host: &str, creds: Option<&Credentials>, namespace: &str) ->
     }
 }
 
-impl Ctx<'_> {
+impl PushLab<'_> {
+    /// The registry of `mode`, started on first use.
+    fn registry(&self, mode: Mode) -> anyhow::Result<&TestRegistry> {
+        let cell = &self.registries[mode as usize];
+        if let Some(registry) = cell.get() {
+            return Ok(registry);
+        }
+        let user = "ci".to_owned();
+        let auth = match mode {
+            Mode::NoAuth => Auth::None,
+            Mode::Htpasswd => Auth::Htpasswd {
+                user,
+                password: random_hex(),
+            },
+            Mode::Token => Auth::Token {
+                user,
+                password: random_hex(),
+            },
+        };
+        let started = TestRegistry::start(self.sh, auth)
+            .with_context(|| format!("starting the {} registry", mode.label()))?;
+        Ok(cell.get_or_init(|| started))
+    }
+
+    /// The fault proxy in front of the no-auth registry, started on first use.
+    fn proxy(&self) -> anyhow::Result<&FaultProxy> {
+        if let Some(proxy) = self.proxy.get() {
+            return Ok(proxy);
+        }
+        let started = FaultProxy::start(self.registry(Mode::NoAuth)?.addr, Vec::new())?;
+        Ok(self.proxy.get_or_init(|| started))
+    }
+
+    /// The mount cache of pushes to `registry`: later checks find the cold push's blobs.
+    fn mount_cache(&self, registry: &TestRegistry) -> PathBuf {
+        self.dir
+            .join(format!("mounts-{}.json", registry.addr.port()))
+    }
+
     fn push(&self, opts: &PushOptions, images: &[BuiltImage]) -> anyhow::Result<Vec<PushedImage>> {
         push_built(self.sh, opts, images)
     }
@@ -162,7 +256,7 @@ impl Ctx<'_> {
 
     /// Both images into an empty registry: every blob uploaded once; the runtime layer the
     /// two images share is mounted into the second repository instead.
-    fn cold_push(&self, registry: &Registry, cache: &Path) -> anyhow::Result<String> {
+    fn cold_push(&self, registry: &TestRegistry, cache: &Path) -> anyhow::Result<String> {
         let mut opts = options(&registry.host(), registry.credentials.as_ref(), "ci/tm");
         opts.mount_cache = Some(cache.to_path_buf());
         let pushed = self.push(&opts, self.images)?;
@@ -212,7 +306,7 @@ impl Ctx<'_> {
     /// Every tag of `path` (`ns/name`) points at `digest`, or none exists.
     fn expect_tags(
         &self,
-        registry: &Registry,
+        registry: &TestRegistry,
         path: &str,
         digest: &str,
         present: bool,
@@ -233,7 +327,7 @@ impl Ctx<'_> {
     }
 
     /// skopeo (containers/image, not our code) reads each pushed manifest back.
-    fn skopeo_inspect(&self, registry: &Registry, mode: &str) -> anyhow::Result<String> {
+    fn skopeo_inspect(&self, registry: &TestRegistry, mode: &str) -> anyhow::Result<String> {
         let authfile = registry
             .write_docker_config(&self.dir.join(format!("auth-{}", mode.replace(' ', "-"))))?;
         let tag = &self.revision.version;
@@ -256,7 +350,7 @@ impl Ctx<'_> {
         Ok(format!("{} manifests match", self.images.len()))
     }
 
-    fn unchanged_push(&self, registry: &Registry, cache: &Path) -> anyhow::Result<String> {
+    fn unchanged_push(&self, registry: &TestRegistry, cache: &Path) -> anyhow::Result<String> {
         let mut opts = options(&registry.host(), registry.credentials.as_ref(), "ci/tm");
         opts.mount_cache = Some(cache.to_path_buf());
         let start = Instant::now();
@@ -294,7 +388,7 @@ impl Ctx<'_> {
 
     /// A real engine pulls the pushed backend by digest with credentials (from a docker
     /// config file, not argv), and the pulled image serves `/health` against PostgreSQL.
-    fn docker_pull_and_run(&self, registry: &Registry) -> anyhow::Result<String> {
+    fn docker_pull_and_run(&self, registry: &TestRegistry) -> anyhow::Result<String> {
         let sh = self.sh;
         let _engine = docker::engine(sh, &self.dir.join("docker"))?;
         let backend = self.backend()?;
@@ -349,7 +443,7 @@ impl Ctx<'_> {
             .context("the build report has no backend image")
     }
 
-    fn one_line_change(&self, registry: &Registry) -> anyhow::Result<String> {
+    fn one_line_change(&self, registry: &TestRegistry) -> anyhow::Result<String> {
         let changed = changed_backend(
             self.images,
             self.revision.epoch,
@@ -378,12 +472,9 @@ impl Ctx<'_> {
     }
 
     /// The cache from the cold push knows where each blob is: a new repository mounts all.
-    fn second_repository(&self, registry: &Registry) -> anyhow::Result<String> {
+    fn second_repository(&self, registry: &TestRegistry) -> anyhow::Result<String> {
         let mut opts = options(&registry.host(), registry.credentials.as_ref(), "ci/second");
-        opts.mount_cache = Some(
-            self.dir
-                .join(format!("mounts-{}.json", registry.addr.port())),
-        );
+        opts.mount_cache = Some(self.mount_cache(registry));
         let before = registry.token_server.as_ref().map_or(0, |t| t.requests());
         let pushed = self.push(&opts, self.images)?;
         let tokens = registry.token_server.as_ref().map_or(0, |t| t.requests()) - before;
@@ -406,7 +497,7 @@ impl Ctx<'_> {
 
     /// The real command line: credentials from REGISTRY_USERNAME/REGISTRY_PASSWORD, one JSON
     /// document `{"images": [...]}` on stdout; a wrong password exits non-zero with one clear line.
-    fn cli(&self, registry: &Registry) -> anyhow::Result<String> {
+    fn cli(&self, registry: &TestRegistry) -> anyhow::Result<String> {
         let sh = self.sh;
         let exe = std::env::current_exe().context("locating the xtask binary")?;
         let host = registry.host();
@@ -487,7 +578,7 @@ impl Ctx<'_> {
 }
 
 /// A read-only client, as deploy would use to check that a tag exists.
-fn read_client(registry: &Registry) -> anyhow::Result<Client> {
+fn read_client(registry: &TestRegistry) -> anyhow::Result<Client> {
     Ok(Client::new(
         registry::Registry::parse(&registry.host(), &[])?,
         registry.credentials.clone(),
@@ -558,414 +649,4 @@ fn random_hex() -> String {
             .as_nanos(),
     );
     format!("{:016x}", hasher.finish())
-}
-
-/// The backend image after a one-line change, without recompiling: the binary layer
-/// rebuilt with a few bytes appended to the executable (ELF loaders ignore trailing
-/// bytes, so it still runs), then config and manifest updated. Written as an OCI layout
-/// in `dir`; the other layers are hard-linked from the real build.
-pub(crate) fn changed_backend(
-    images: &[BuiltImage],
-    epoch: u64,
-    dir: &Path,
-    n: u32,
-) -> anyhow::Result<BuiltImage> {
-    let backend = images
-        .iter()
-        .find(|i| i.name == "backend")
-        .context("the build report has no backend image")?;
-    let idx = backend
-        .blobs
-        .layers
-        .len()
-        .checked_sub(1)
-        .context("no layers")?;
-    let binary = &backend.blobs.layers[idx];
-    let blob_path = |layout: &Path, digest: &str| {
-        layout
-            .join("blobs/sha256")
-            .join(digest.strip_prefix("sha256:").unwrap_or(digest))
-    };
-    let mut entries = read_layer(&blob_path(&backend.layout, &binary.digest))?;
-    let largest = entries
-        .iter_mut()
-        .filter_map(|e| match &mut e.kind {
-            EntryKind::File(Source::Bytes(bytes)) => Some(bytes),
-            _ => None,
-        })
-        .max_by_key(|bytes| bytes.len())
-        .context("the binary layer holds no file")?;
-    largest.extend_from_slice(format!("\none-line change {n}\n").as_bytes());
-    let entries = layer::normalize(entries)?;
-
-    let _ = fs::remove_dir_all(dir);
-    fs::create_dir_all(dir.join("blobs/sha256"))?;
-    let temp = dir.join("layer.tmp");
-    let layer = layer::write(&entries, epoch, BufWriter::new(fs::File::create(&temp)?))?;
-    fs::rename(&temp, blob_path(dir, &layer.digest))?;
-    for other in &backend.blobs.layers[..idx] {
-        let to = blob_path(dir, &other.digest);
-        let from = blob_path(&backend.layout, &other.digest);
-        if fs::hard_link(&from, &to).is_err() {
-            fs::copy(&from, &to)?;
-        }
-    }
-    let mut config: Value = serde_json::from_slice(&backend.blobs.config.bytes)?;
-    config["rootfs"]["diff_ids"][idx] = layer.diff_id.clone().into();
-    let config = Blob::from_json(&config);
-    let mut manifest: Value = serde_json::from_slice(&backend.blobs.manifest.bytes)?;
-    manifest["config"]["digest"] = config.digest.clone().into();
-    manifest["config"]["size"] = config.size().into();
-    manifest["layers"][idx]["digest"] = layer.digest.clone().into();
-    manifest["layers"][idx]["size"] = layer.size.into();
-    let manifest = Blob::from_json(&manifest);
-    let mut layers = backend.blobs.layers.clone();
-    layers[idx] = layer;
-    Ok(BuiltImage {
-        name: backend.name,
-        blobs: ImageBlobs {
-            manifest,
-            config,
-            layers,
-        },
-        layout: dir.to_path_buf(),
-        archive: backend.archive.clone(),
-        n_cached_layers: 0,
-        times: AssemblyTimes::default(),
-    })
-}
-
-/// A layer blob's entries, file contents in memory.
-fn read_layer(blob: &Path) -> anyhow::Result<Vec<Entry>> {
-    let file = fs::File::open(blob).with_context(|| format!("opening `{}`", blob.display()))?;
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
-    let mut entries = Vec::new();
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        let header = entry.header().clone();
-        let path = entry.path()?.to_string_lossy().into_owned();
-        let (mode, uid, gid) = (header.mode()?, header.uid()?, header.gid()?);
-        let kind = match header.entry_type() {
-            tar::EntryType::Directory => EntryKind::Dir,
-            tar::EntryType::Symlink => EntryKind::Symlink(
-                header
-                    .link_name()?
-                    .context("symlink without target")?
-                    .to_string_lossy()
-                    .into_owned(),
-            ),
-            tar::EntryType::Regular => {
-                let mut bytes = Vec::new();
-                entry.read_to_end(&mut bytes)?;
-                EntryKind::File(Source::Bytes(bytes))
-            }
-            other => bail!(
-                "unexpected {other:?} entry `{path}` in `{}`",
-                blob.display()
-            ),
-        };
-        entries.push(Entry {
-            path,
-            kind,
-            mode,
-            uid,
-            gid,
-        });
-    }
-    Ok(entries)
-}
-
-/// Faults from a proxy in front of the no-auth registry: each push completes with the
-/// right digest and reports its retries; endless faults fail within the bound with no tag.
-fn fault_checks(ctx: &Ctx<'_>, registry: &Registry) -> anyhow::Result<()> {
-    let proxy = FaultProxy::start(registry.addr, Vec::new())?;
-    let backend = ctx.backend()?.clone();
-    let blob_put = |kind, times| Fault {
-        method: "PUT",
-        path: "/blobs/uploads/",
-        kind,
-        times,
-    };
-    let slow_timeout = Duration::from_secs(2);
-    let scenarios = [
-        (
-            "500 on blob PUT",
-            blob_put(FaultKind::Status(500), Some(2)),
-            None,
-        ),
-        (
-            "503 on blob PUT",
-            blob_put(FaultKind::Status(503), Some(2)),
-            None,
-        ),
-        (
-            "429 with Retry-After on blob PUT",
-            blob_put(
-                FaultKind::TooManyRequests {
-                    retry_after_secs: 1,
-                },
-                Some(1),
-            ),
-            None,
-        ),
-        (
-            "connection reset mid-upload",
-            blob_put(FaultKind::ResetMidBody, Some(1)),
-            None,
-        ),
-        (
-            "slow response past the timeout",
-            blob_put(
-                FaultKind::Slow(slow_timeout + Duration::from_secs(1)),
-                Some(1),
-            ),
-            Some(slow_timeout),
-        ),
-    ];
-    for (idx, (name, fault, timeout)) in scenarios.into_iter().enumerate() {
-        sub(&format!("fault: {name}"), || {
-            let times = fault.times.unwrap_or(0);
-            proxy.set_schedule(vec![fault]);
-            let injected_before = proxy.injected();
-            let mut opts = options(&proxy.host(), None, &format!("faults/s{idx}"));
-            if let Some(timeout) = timeout {
-                opts.client.timeout = timeout;
-            }
-            let start = Instant::now();
-            let pushed = ctx.push(&opts, std::slice::from_ref(&backend))?;
-            let image = &pushed[0];
-            let injected = proxy.injected() - injected_before;
-            ensure!(
-                image.digest == backend.blobs.manifest.digest,
-                "pushed {} through faults, built {}",
-                image.digest,
-                backend.blobs.manifest.digest
-            );
-            ensure!(
-                injected == times,
-                "{injected} faults injected, {times} scheduled"
-            );
-            ensure!(
-                image.retries >= injected as u64,
-                "{injected} faults but {} retries reported",
-                image.retries
-            );
-            ctx.expect_tags(registry, path_of(&image.repository), &image.digest, true)?;
-            Ok(format!(
-                "{injected} injected, {} retries, same digest, {:.1} s",
-                image.retries,
-                start.elapsed().as_secs_f64()
-            ))
-        })?;
-    }
-
-    let endless = RetryPolicy {
-        max_attempts: 4,
-        initial_delay: Duration::from_millis(100),
-        max_delay: Duration::from_secs(1),
-        max_elapsed: Duration::from_secs(5),
-    };
-    for (name, path, ns) in [
-        (
-            "endless 503 on blob PUT",
-            "/blobs/uploads/",
-            "faults/endless-blob",
-        ),
-        (
-            "endless 503 on manifest PUT",
-            "/manifests/",
-            "faults/endless-manifest",
-        ),
-    ] {
-        sub(&format!("fault: {name}"), || {
-            proxy.set_schedule(vec![Fault {
-                method: "PUT",
-                path,
-                kind: FaultKind::Status(503),
-                times: None,
-            }]);
-            let mut opts = options(&proxy.host(), None, ns);
-            opts.client.retry = endless;
-            let start = Instant::now();
-            let err = match ctx.push(&opts, std::slice::from_ref(&backend)) {
-                Ok(_) => bail!("a push through endless faults succeeded"),
-                Err(err) => err,
-            };
-            let elapsed = start.elapsed();
-            let message = format!("{err:#}");
-            let bound = endless.max_elapsed + opts.client.timeout;
-            ensure!(
-                elapsed < bound,
-                "gave up after {elapsed:?}, bound {bound:?}"
-            );
-            ensure!(
-                message.contains("503")
-                    && message.contains("gave up after")
-                    && message.contains("backend"),
-                "unclear error: {message}"
-            );
-            ensure!(!message.contains('\n'), "error spans lines: {message}");
-            ctx.expect_tags(
-                registry,
-                &format!("{ns}/backend"),
-                &backend.blobs.manifest.digest,
-                false,
-            )?;
-            Ok(format!(
-                "failed in {:.1} s, no tag: {message}",
-                elapsed.as_secs_f64()
-            ))
-        })?;
-    }
-    Ok(())
-}
-
-/// Permanent failures: each a clear one-line error of the right kind, with no secret in it.
-fn error_checks(
-    ctx: &Ctx<'_>,
-    plain: &Registry,
-    basic: &Registry,
-    token: &Registry,
-) -> anyhow::Result<()> {
-    let backend = ctx.backend()?.clone();
-    let expect_error = |opts: &PushOptions,
-                        image: &BuiltImage,
-                        kind: fn(&registry::Error) -> bool,
-                        needles: &[&str],
-                        secret: Option<&str>|
-     -> anyhow::Result<String> {
-        let err = match ctx.push(opts, std::slice::from_ref(image)) {
-            Ok(_) => bail!("the push succeeded"),
-            Err(err) => err,
-        };
-        let message = format!("{err:#}");
-        let typed = err
-            .downcast_ref::<registry::Error>()
-            .with_context(|| format!("not a registry error: {message}"))?;
-        ensure!(kind(typed), "wrong error kind {typed:?}");
-        for needle in needles {
-            ensure!(
-                message.contains(needle),
-                "`{needle}` missing from: {message}"
-            );
-        }
-        ensure!(!message.contains('\n'), "error spans lines: {message}");
-        if let Some(secret) = secret {
-            ensure!(
-                !message.contains(secret),
-                "the secret leaked into: {message}"
-            );
-        }
-        Ok(message)
-    };
-    let wrong = |registry: &Registry| {
-        let creds = registry
-            .credentials
-            .clone()
-            .unwrap_or_else(|| Credentials::new("ci", "", "test"));
-        Credentials::new(
-            &creds.username,
-            &format!("{}-wrong", creds.secret.expose()),
-            "test",
-        )
-    };
-
-    sub("error: wrong password (htpasswd)", || {
-        let creds = wrong(basic);
-        let opts = options(&basic.host(), Some(&creds), "ci/tm");
-        expect_error(
-            &opts,
-            &backend,
-            |e| matches!(e, registry::Error::Unauthorized(_)),
-            &["401", "backend", "user `ci`", "check the password"],
-            Some(creds.secret.expose()),
-        )
-    })?;
-    sub("error: wrong password (token)", || {
-        let creds = wrong(token);
-        let opts = options(&token.host(), Some(&creds), "ci/tm");
-        expect_error(
-            &opts,
-            &backend,
-            |e| matches!(e, registry::Error::Unauthorized(_)),
-            &[
-                "401",
-                "fetching a token",
-                "token server rejected",
-                "user `ci`",
-            ],
-            Some(creds.secret.expose()),
-        )
-    })?;
-    let token_server = token.token_server.as_ref().context("no token server")?;
-    sub("expired token is renewed once", || {
-        token_server.issue_expired(1);
-        let opts = options(&token.host(), token.credentials.as_ref(), "ci/expired-once");
-        let before = token_server.requests();
-        let pushed = ctx.push(&opts, std::slice::from_ref(&backend))?;
-        let tokens = token_server.requests() - before;
-        ensure!(
-            tokens >= 2,
-            "only {tokens} token requests: the expired token was not renewed"
-        );
-        Ok(format!(
-            "pushed {} with {tokens} token requests",
-            pushed[0].digest
-        ))
-    })?;
-    sub("error: expired token (every token)", || {
-        token_server.issue_expired(usize::MAX);
-        let opts = options(&token.host(), token.credentials.as_ref(), "ci/expired");
-        let res = expect_error(
-            &opts,
-            &backend,
-            |e| matches!(e, registry::Error::Unauthorized(_)),
-            &["401", "invalid_token", "backend"],
-            None,
-        );
-        token_server.issue_expired(0);
-        res
-    })?;
-    sub(
-        "error: unknown repository (token server grants nothing)",
-        || {
-            let opts = options(&token.host(), token.credentials.as_ref(), "unknown/tm");
-            let message = expect_error(
-                &opts,
-                &backend,
-                |e| matches!(e, registry::Error::Denied(_)),
-                &["unknown/tm/backend", "may not push"],
-                None,
-            )?;
-            // Read-only clients (deploy) see an unknown repository as an absent manifest.
-            let absent = read_client(plain)?.manifest_digest("nobody/nothing", "latest")?;
-            ensure!(
-                absent.is_none(),
-                "HEAD on an unknown repository gave {absent:?}"
-            );
-            Ok(message)
-        },
-    )?;
-    sub("error: manifest rejected", || {
-        let mut broken = backend.clone();
-        let mut manifest: Value = serde_json::from_slice(&backend.blobs.manifest.bytes)?;
-        manifest["config"] = Value::from(42);
-        broken.blobs.manifest = Blob::from_json(&manifest);
-        let opts = options(&plain.host(), None, "ci/rejected");
-        let message = expect_error(
-            &opts,
-            &broken,
-            |e| matches!(e, registry::Error::Rejected(_)),
-            &["400", "MANIFEST_INVALID", "pushing manifest", "backend"],
-            None,
-        )?;
-        ctx.expect_tags(
-            plain,
-            "ci/rejected/backend",
-            &broken.blobs.manifest.digest,
-            false,
-        )?;
-        Ok(message)
-    })?;
-    Ok(())
 }

@@ -1,14 +1,21 @@
-//! Small blocking HTTP helpers for checks against services on loopback.
+//! Small blocking HTTP helpers for checks against services on loopback: a client (`get`,
+//! `request`) and the request-head reader of the test servers (token server, fault proxy).
 
-use std::time::{Duration, Instant};
+use std::{
+    io::BufRead,
+    time::{Duration, Instant},
+};
 
-pub(crate) struct Response {
+use anyhow::bail;
+
+/// A response of any status.
+pub(crate) struct Reply {
     pub(crate) status: u16,
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) body: Vec<u8>,
 }
 
-impl Response {
+impl Reply {
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -30,7 +37,7 @@ fn agent() -> ureq::Agent {
 }
 
 /// GET with extra request headers; any status is a response, only transport failures are errors.
-pub(crate) fn get(url: &str, headers: &[(&str, &str)]) -> anyhow::Result<Response> {
+pub(crate) fn get(url: &str, headers: &[(&str, &str)]) -> anyhow::Result<Reply> {
     let mut req = agent().get(url);
     for (name, value) in headers {
         req = req.header(*name, *value);
@@ -53,7 +60,7 @@ pub(crate) fn get(url: &str, headers: &[(&str, &str)]) -> anyhow::Result<Respons
         .body_mut()
         .read_to_vec()
         .map_err(|err| anyhow::format_err!("GET {url}: reading body: {err}"))?;
-    Ok(Response {
+    Ok(Reply {
         status,
         headers,
         body,
@@ -61,11 +68,7 @@ pub(crate) fn get(url: &str, headers: &[(&str, &str)]) -> anyhow::Result<Respons
 }
 
 /// Polls `url` until it answers `status`, for at most `timeout`.
-pub(crate) fn wait_for_status(
-    url: &str,
-    status: u16,
-    timeout: Duration,
-) -> anyhow::Result<Response> {
+pub(crate) fn wait_for_status(url: &str, status: u16, timeout: Duration) -> anyhow::Result<Reply> {
     let deadline = Instant::now() + timeout;
     loop {
         let last = match get(url, &[]) {
@@ -74,8 +77,115 @@ pub(crate) fn wait_for_status(
             Err(err) => err.to_string(),
         };
         if Instant::now() >= deadline {
-            anyhow::bail!("{url} did not answer {status} within {timeout:?}; last: {last}");
+            bail!("{url} did not answer {status} within {timeout:?}; last: {last}");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A request with any method, headers and body, as a browser would send it; any status is
+/// a reply, and an unreadable body reads as empty.
+pub(crate) fn request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> anyhow::Result<Reply> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .allow_non_standard_methods(true)
+        .build()
+        .into();
+    let request = ureq::http::Request::builder().method(method).uri(url);
+    let request = headers.iter().fold(request, |request, (name, value)| {
+        request.header(*name, *value)
+    });
+    let result = match body {
+        Some(body) => agent.run(request.body(body.to_owned())?),
+        None => agent.run(request.body(())?),
+    };
+    let mut res = result.map_err(|err| anyhow::format_err!("{method} {url}: {err}"))?;
+    let headers = res
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = res
+        .body_mut()
+        .read_to_string()
+        .unwrap_or_default()
+        .into_bytes();
+    Ok(Reply {
+        status: res.status().as_u16(),
+        headers,
+        body,
+    })
+}
+
+/// A request line and headers, as the test servers here receive them.
+pub(crate) struct Head {
+    pub(crate) method: String,
+    pub(crate) target: String,
+    pub(crate) headers: Vec<(String, String)>,
+    /// The bytes as received, to forward unchanged but for `Connection`.
+    pub(crate) raw_lines: Vec<String>,
+}
+
+impl Head {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub(crate) fn content_length(&self) -> u64 {
+        self.header("content-length")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// Reads a request line and headers, up to the blank line.
+pub(crate) fn read_head(reader: &mut impl BufRead) -> anyhow::Result<Head> {
+    let mut raw_lines = Vec::new();
+    let mut total = 0;
+    loop {
+        let mut line = String::new();
+        let n = reader.read_line(&mut line)?;
+        total += n;
+        if n == 0 || total > 64 * 1024 {
+            bail!("connection closed or header too large");
+        }
+        let line = line.trim_end_matches(['\r', '\n']).to_owned();
+        if line.is_empty() {
+            break;
+        }
+        raw_lines.push(line);
+    }
+    let mut request_line = raw_lines
+        .first()
+        .map(|l| l.split(' '))
+        .into_iter()
+        .flatten();
+    let method = request_line.next().unwrap_or_default().to_owned();
+    let target = request_line.next().unwrap_or_default().to_owned();
+    let headers = raw_lines
+        .iter()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Ok(Head {
+        method,
+        target,
+        headers,
+        raw_lines,
+    })
 }

@@ -1,4 +1,4 @@
-//! Push progress on stderr, and byte counts as people read them.
+//! Push progress on stderr: a redrawn line per image while blobs upload.
 
 use std::{
     io::{IsTerminal, Write},
@@ -6,7 +6,10 @@ use std::{
     time::Duration,
 };
 
-use crate::push::{Outcome, PendingBlob};
+use crate::{
+    push::{Outcome, PendingBlob},
+    steps::human_bytes,
+};
 
 /// Per-image progress on stderr: a line redrawn in place on a terminal, one line per
 /// uploaded or mounted blob otherwise (CI logs keep every line).
@@ -70,28 +73,5 @@ impl Progress {
             std::thread::sleep(Duration::from_millis(100));
         }
         let _ = write!(stderr, "\r\x1b[2K");
-    }
-}
-
-/// `3.8 MB`, `108.4 kB`, `999 B`: decimal units, one decimal.
-pub(crate) fn human_bytes(n: u64) -> String {
-    if n >= 1_000_000 {
-        format!("{:.1} MB", n as f64 / 1e6)
-    } else if n >= 1_000 {
-        format!("{:.1} kB", n as f64 / 1e3)
-    } else {
-        format!("{n} B")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_read_naturally() {
-        assert_eq!(human_bytes(999), "999 B");
-        assert_eq!(human_bytes(3_813_699), "3.8 MB");
-        assert_eq!(human_bytes(108_431), "108.4 kB");
     }
 }

@@ -15,6 +15,7 @@ use crate::{
         retry::RetryPolicy,
         transport::{Body, Request, Response, Transport},
     },
+    steps::human_bytes,
 };
 
 /// Manifest types accepted on GET and HEAD. Leaving one out makes distribution and GHCR
@@ -184,9 +185,9 @@ impl Client {
         progress: &AtomicU64,
     ) -> Result<(), Error> {
         let action = format!(
-            "uploading blob {} ({} bytes) to {}/{repository}",
+            "uploading blob {} ({}) to {}/{repository}",
             blob.digest,
-            blob.size,
+            human_bytes(blob.size),
             self.registry()
         );
         let mut session = session;
