@@ -16,6 +16,16 @@ const DEFAULT_PORT: u16 = 8080;
 /// Service name reported to the trace backend when `OTEL_SERVICE_NAME` is unset.
 pub const DEFAULT_SERVICE_NAME: &str = "timemanager-backend";
 
+/// Drain period when `SHUTDOWN_DRAIN_SECONDS` is unset: Traefik probes `/health` every
+/// 10 s (`loadbalancer.healthcheck.interval` in `docker-compose.prod.yml`), so the first
+/// 503 is seen at most 10 s after SIGTERM; 2 s more cover the probe's round trip and
+/// Traefik updating its routes. Keep it above that interval if the interval changes.
+pub const DEFAULT_SHUTDOWN_DRAIN: Duration = Duration::from_secs(12);
+
+/// Longest accepted drain: the container's stop timeout has to cover it, and a larger
+/// value is more likely milliseconds typed as seconds than a real wish.
+const MAX_SHUTDOWN_DRAIN_SECONDS: f64 = 300.0;
+
 /// Everything the server needs to start, already validated.
 #[derive(Clone)]
 pub struct Config {
@@ -25,6 +35,9 @@ pub struct Config {
     pub log_filter: String,
     pub cors: CorsOrigins,
     pub otel: Option<OtelConfig>,
+    /// How long `/health` answers 503 after SIGTERM/SIGINT before the server stops
+    /// accepting connections (`SHUTDOWN_DRAIN_SECONDS`).
+    pub shutdown_drain: Duration,
 }
 
 /// A PostgreSQL URL whose password never appears in `Debug`/`Display` output.
@@ -165,6 +178,12 @@ impl Config {
             }),
         };
 
+        let shutdown_drain = match get("SHUTDOWN_DRAIN_SECONDS")? {
+            None => DEFAULT_SHUTDOWN_DRAIN,
+            Some(raw) => parse_drain_seconds(&raw)
+                .map_err(|problem| invalid("SHUTDOWN_DRAIN_SECONDS", problem))?,
+        };
+
         Ok(Self {
             host,
             port,
@@ -172,6 +191,7 @@ impl Config {
             log_filter,
             cors,
             otel,
+            shutdown_drain,
         })
     }
 }
@@ -198,6 +218,23 @@ pub fn parse_port(raw: &str) -> Result<u16, String> {
         Ok(port) if port != 0 => Ok(port),
         _ => Err(format!(
             "must be a port number (1-65535), got {}",
+            quoted(raw)
+        )),
+    }
+}
+
+/// Parses a number of seconds such as `12` or `0.5`, from 0 to 300. Only digits and one
+/// dot are accepted: `f64` parsing alone would also take `inf`, `1e3` or `+5`.
+fn parse_drain_seconds(raw: &str) -> Result<Duration, String> {
+    let plain = !raw.is_empty()
+        && raw.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && raw.chars().filter(|&c| c == '.').count() <= 1;
+    match raw.parse::<f64>() {
+        Ok(seconds) if plain && (0.0..=MAX_SHUTDOWN_DRAIN_SECONDS).contains(&seconds) => {
+            Ok(Duration::from_secs_f64(seconds))
+        }
+        _ => Err(format!(
+            "must be a number of seconds from 0 to 300 such as 12 or 0.5, got {}",
             quoted(raw)
         )),
     }
@@ -481,6 +518,7 @@ mod tests {
         assert_eq!(c.log_filter, "info");
         assert_eq!(c.cors, CorsOrigins::Disabled);
         assert_eq!(c.otel, None);
+        assert_eq!(c.shutdown_drain, Duration::from_secs(12));
         assert_eq!(c.database.to_string(), "postgres://app:***@db:5432/tm");
         assert!(!format!("{:?}", c.database).contains("s3cret"));
     }
@@ -649,6 +687,32 @@ mod tests {
                 err.to_string(),
                 format!(
                     "MIGRATE_LOCK_TIMEOUT must be a duration such as 500ms, 5s or 5min (0 disables it), got {bad:?}"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn shutdown_drain_seconds() {
+        let drain = |raw: &str| config(&[DB, ("SHUTDOWN_DRAIN_SECONDS", raw)]);
+        assert_eq!(drain("0").unwrap().shutdown_drain, Duration::ZERO);
+        assert_eq!(
+            drain(" 0.3 ").unwrap().shutdown_drain,
+            Duration::from_millis(300)
+        );
+        assert_eq!(
+            drain("300").unwrap().shutdown_drain,
+            Duration::from_secs(300)
+        );
+        assert_eq!(drain("").unwrap().shutdown_drain, DEFAULT_SHUTDOWN_DRAIN);
+        for bad in [
+            "abc", "-1", "300.5", "12s", "1e3", "inf", "NaN", "+5", "1.2.3", ".",
+        ] {
+            let err = drain(bad).err().unwrap();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "SHUTDOWN_DRAIN_SECONDS must be a number of seconds from 0 to 300 such as 12 or 0.5, got \"{bad}\""
                 )
             );
         }

@@ -7,6 +7,7 @@ pub mod extract;
 pub mod health;
 pub mod metrics;
 pub mod migrations;
+pub mod shutdown;
 pub mod telemetry;
 pub mod users;
 
@@ -30,6 +31,7 @@ use crate::config::{Config, CorsOrigins};
 use crate::error::{error_chain, json_error};
 use crate::metrics::Metrics;
 pub use crate::migrations::MIGRATOR;
+use crate::shutdown::{Drain, ShutdownSignal, serve_and_drain};
 
 /// Crate version, reported by `/health` and `build_info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -47,9 +49,6 @@ const POOL_MAX_CONNECTIONS: u32 = 10;
 const POOL_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long start-up waits for the database (e.g. while its container boots).
 const STARTUP_DB_WAIT: Duration = Duration::from_secs(30);
-/// How long in-flight requests may take to finish after SIGTERM/SIGINT; below
-/// Docker's default 10 s stop timeout so we still flush traces and close the pool.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -57,6 +56,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub metrics: Arc<Metrics>,
     pub cors: CorsOrigins,
+    /// Set on SIGTERM/SIGINT: `/health` then answers 503 (see [`shutdown`]).
+    pub drain: Drain,
 }
 
 impl AppState {
@@ -65,6 +66,7 @@ impl AppState {
             pool,
             metrics: Arc::new(Metrics::new()),
             cors: CorsOrigins::Disabled,
+            drain: Drain::default(),
         }
     }
 
@@ -247,36 +249,8 @@ async fn serve(config: Config) -> ExitCode {
     tracing::info!(%addr, "listening");
 
     let state = AppState::new(pool.clone()).with_cors(config.cors);
-    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
-        shutdown.recv().await;
-        tracing::info!(
-            "shutdown requested: refusing new connections, finishing in-flight requests"
-        );
-        let _ = signalled_tx.send(());
-    });
-    let grace_expired = async {
-        // Only starts counting once shutdown was requested; pending forever otherwise.
-        if signalled_rx.await.is_ok() {
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
-
-    let code = tokio::select! {
-        result = server => match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                tracing::error!(error = %err, "server failed");
-                ExitCode::FAILURE
-            }
-        },
-        () = grace_expired => {
-            tracing::warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "in-flight requests did not finish in time; closing them");
-            ExitCode::SUCCESS
-        }
-    };
+    let drain = state.drain.clone();
+    let code = serve_and_drain(listener, app(state), drain, config.shutdown_drain, shutdown).await;
     // close() waits for checked-out connections; bound it in case the grace period
     // expired with handlers still holding some.
     if tokio::time::timeout(Duration::from_secs(5), pool.close())
@@ -287,27 +261,4 @@ async fn serve(config: Config) -> ExitCode {
     }
     tracing::info!("shutdown complete");
     code
-}
-
-/// SIGTERM (container stop) or SIGINT (Ctrl-C).
-struct ShutdownSignal {
-    terminate: tokio::signal::unix::Signal,
-    interrupt: tokio::signal::unix::Signal,
-}
-
-impl ShutdownSignal {
-    fn register() -> std::io::Result<Self> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Self {
-            terminate: signal(SignalKind::terminate())?,
-            interrupt: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.terminate.recv() => {}
-            _ = self.interrupt.recv() => {}
-        }
-    }
 }

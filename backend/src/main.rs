@@ -9,7 +9,9 @@ const USAGE: &str =
     "usage: timemanager-backend [healthcheck | migrate | migrations | --version | --help]
 
 Runs the Time Manager API server (configured through APP_HOST, APP_PORT, DATABASE_URL,
-RUST_LOG, CORS_ALLOWED_ORIGINS, OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME).
+RUST_LOG, CORS_ALLOWED_ORIGINS, OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME,
+SHUTDOWN_DRAIN_SECONDS). On SIGTERM/SIGINT /health answers 503 for SHUTDOWN_DRAIN_SECONDS
+(default 12) while other requests are served, then in-flight requests finish and it exits.
 `healthcheck` exits 0 if http://127.0.0.1:$APP_PORT/health answers 200 within 3 s.
 `migrate` applies pending migrations once and exits (0 done or none pending, 1 failed),
 under the migration lock; it reads DATABASE_URL, MIGRATE_LOCK_TIMEOUT (default 5s) and

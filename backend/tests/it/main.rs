@@ -8,6 +8,7 @@ mod binary;
 mod clock;
 mod cors;
 mod dashboards;
+mod drain;
 mod fixtures;
 mod health;
 mod metrics;

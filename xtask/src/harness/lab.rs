@@ -45,18 +45,21 @@ pub(crate) const COMPOSE_TEMPLATE: &str = include_str!("../../e2e/docker-compose
 /// files it made and stops what it started.
 pub(crate) struct Lab {
     root: PathBuf,
+    /// The server's `/opt/timemanager`, under `root`.
     pub(crate) base: PathBuf,
     project: String,
     pub(crate) backend_port: u16,
     frontend_port: u16,
     static_port: u16,
     secrets: Vec<(&'static str, String)>,
+    /// The scratch clone releases are built from, and its own target directory.
     pub(crate) clone: PathBuf,
     pub(crate) target: PathBuf,
     /// `SOURCE_DATE_EPOCH` of every build: see [`Lab::build`].
     epoch: String,
     /// Set while a deploy or rollback runs: the argv scanner looks only then.
     pub(crate) running: Arc<AtomicBool>,
+    /// Leave the server directory on drop, for inspection.
     pub(crate) keep: bool,
     pub(crate) sshd: Sshd,
     registry: TestRegistry,
