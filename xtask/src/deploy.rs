@@ -7,9 +7,11 @@
 //! ```text
 //! /opt/timemanager/
 //!   releases/<tag>/{docker-compose.prod.yml, infrastructure/, .env (0600), images,
-//!                   .uploaded, .activated, .previous, .result}
+//!                   .uploaded, .activated, .previous, .result,
+//!                   docker-compose.override.yml (test labs only: --compose-override)}
 //!   current -> releases/<tag>                 swapped atomically (rename of a new link)
 //!   docker-compose.prod.yml, .env, infrastructure -> current/...   the runbook's paths
+//!   docker-compose.override.yml -> current/...  only while the current release has one
 //!   releases.jsonl                            one JSON line per deploy or rollback
 //!   .deploy.lock, .deploy.lock.holder         flock held by the deploying ssh session
 //! ```
@@ -60,7 +62,7 @@ impl flags::Releases {
     pub(crate) fn run(self, sh: &Shell) -> anyhow::Result<()> {
         let (target, redactor) = server_target(&self.server, &settings::from_process_env)?;
         let session = Session::open(sh, &target, &redactor)?;
-        let remote = ServerScripts::read_only(&target.base, &target.project);
+        let remote = ServerScripts::read_only(&target);
         let text = session.run(
             sh,
             "listing releases",
@@ -77,7 +79,7 @@ impl flags::Status {
         let env = &settings::from_process_env;
         let (target, redactor) = server_target(&self.server, env)?;
         let session = Session::open(sh, &target, &redactor)?;
-        let remote = ServerScripts::read_only(&target.base, &target.project);
+        let remote = ServerScripts::read_only(&target);
         session.run(
             sh,
             "reading the server's status",
@@ -87,8 +89,9 @@ impl flags::Status {
         let url = self
             .health_url
             .or_else(|| env("DOMAIN").map(|domain| format!("https://{domain}/api/health")));
+        let reach = health::Reach::new(self.health_insecure_tls, self.health_resolve.as_deref())?;
         if let Some(url) = url {
-            match health::url_status(&url) {
+            match health::url_status(&url, &reach) {
                 Ok(status) => println!("\nGET {url}: {status}"),
                 Err(err) => println!("\nGET {url}: {err:#}"),
             }
@@ -107,7 +110,7 @@ impl flags::Logs {
         }
         let (target, redactor) = server_target(&self.server, &settings::from_process_env)?;
         let session = Session::open(sh, &target, &redactor)?;
-        let remote = ServerScripts::read_only(&target.base, &target.project);
+        let remote = ServerScripts::read_only(&target);
         let script = remote.logs(&self.service, self.tail, self.follow);
         session.run(sh, "reading logs", &script, Stdout::Print)?;
         Ok(())
@@ -150,6 +153,16 @@ fn server_target(server: &flags::Server, env: Lookup<'_>) -> anyhow::Result<(Tar
     Ok((target, redactor))
 }
 
+/// How the health URL is reached: `--health-insecure-tls` and `--health-resolve` (labs).
+fn reach(health: &flags::HealthGate, problems: &mut Problems) -> health::Reach {
+    health::Reach::new(health.health_insecure_tls, health.health_resolve.as_deref()).unwrap_or_else(
+        |err| {
+            problems.invalid.push(format!("{err:#}"));
+            health::Reach::default()
+        },
+    )
+}
+
 fn deploy(sh: &Shell, flags: &flags::Deploy, env: Lookup<'_>) -> anyhow::Result<()> {
     let mut problems = Problems::default();
     let mut redactor = Redactor::default();
@@ -182,19 +195,21 @@ fn deploy(sh: &Shell, flags: &flags::Deploy, env: Lookup<'_>) -> anyhow::Result<
         .infrastructure
         .clone()
         .unwrap_or_else(|| project::root().join("infrastructure"));
-    let upload = pack(&compose_file, &infrastructure).unwrap_or_else(|err| {
+    let upload = pack(
+        &compose_file,
+        &infrastructure,
+        flags.compose_override.as_deref(),
+    )
+    .unwrap_or_else(|err| {
         problems.invalid.push(format!("{err:#}"));
         Upload::default()
     });
-    let scripts = ServerScripts {
-        base: target.base.clone(),
-        project: target.project.clone(),
-        run_id: run_id(),
-    };
+    let scripts = ServerScripts::new(&target, run_id());
     let gate = Gate {
         services: OWN_SERVICES.iter().map(|s| (*s).to_owned()).collect(),
         url: release.health_url.clone(),
         timeout: Duration::from_secs(flags.health.health_timeout),
+        reach: reach(&flags.health, &mut problems),
     };
     let holder = holder(env, "deploy", &tag);
     let plan = plan::deploy_plan(
@@ -237,12 +252,9 @@ fn rollback(sh: &Shell, flags: &flags::Rollback, env: Lookup<'_>) -> anyhow::Res
             .invalid
             .push(format!("--to takes a release tag, got `{tag}`"));
     }
+    let reach = reach(&flags.health, &mut problems);
     problems.into_result()?;
-    let scripts = ServerScripts {
-        base: target.base.clone(),
-        project: target.project.clone(),
-        run_id: run_id(),
-    };
+    let scripts = ServerScripts::new(&target, run_id());
     let mut run = Run::new(sh, target, scripts.clone(), redactor);
     // The target depends on what the server holds: read it under the lock, then plan.
     run.step(&step("connect", Action::Local(Local::Connect)))?;
@@ -273,6 +285,7 @@ fn rollback(sh: &Shell, flags: &flags::Rollback, env: Lookup<'_>) -> anyhow::Res
         services: OWN_SERVICES.iter().map(|s| (*s).to_owned()).collect(),
         url,
         timeout: Duration::from_secs(flags.health.health_timeout),
+        reach,
     };
     let registry_host = releases.registry_of(&tag);
     let ensure_images = scripts.ensure_images(

@@ -166,6 +166,13 @@ pub(crate) struct HealthGate {
     /// Seconds to wait for the containers and the health URL.
     #[arg(long, default_value_t = 180, value_name = "SECONDS")]
     pub(crate) health_timeout: u64,
+    /// Accept any TLS certificate from the health URL (for test labs only, where Traefik
+    /// serves its self-signed default certificate because ACME cannot reach Let's Encrypt).
+    #[arg(long, hide = true)]
+    pub(crate) health_insecure_tls: bool,
+    /// Resolve the health URL's HOST to ADDR, like `curl --resolve` (for test labs only).
+    #[arg(long, value_name = "HOST:ADDR", hide = true)]
+    pub(crate) health_resolve: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -195,6 +202,11 @@ pub(crate) struct Deploy {
     /// Registry that may be reached over plain HTTP (a loopback registry in tests).
     #[arg(long, value_name = "HOST:PORT", hide = true)]
     pub(crate) insecure_registry: Vec<String>,
+    /// Compose file to ship as the release's `docker-compose.override.yml`, which every
+    /// compose command on the server then adds (test labs only; rollback reuses the
+    /// release's own).
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub(crate) compose_override: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -224,6 +236,12 @@ pub(crate) struct Status {
     /// URL that should answer 200 (default: `https://$DOMAIN/api/health` when `DOMAIN` is set).
     #[arg(long, value_name = "URL")]
     pub(crate) health_url: Option<String>,
+    /// Accept any TLS certificate from the health URL (for test labs only).
+    #[arg(long, hide = true)]
+    pub(crate) health_insecure_tls: bool,
+    /// Resolve the health URL's HOST to ADDR, like `curl --resolve` (for test labs only).
+    #[arg(long, value_name = "HOST:ADDR", hide = true)]
+    pub(crate) health_resolve: Option<String>,
 }
 
 #[derive(Debug, Args)]

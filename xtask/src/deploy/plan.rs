@@ -4,8 +4,9 @@
 use std::{fmt::Write as _, time::Duration};
 
 use crate::deploy::{
+    health::Reach,
     scripts::{ImageLine, Script, ServerScripts},
-    settings::{Credentials, OWN_SERVICES, ReleaseSettings},
+    settings::{self, Credentials, OWN_SERVICES, ReleaseSettings},
     upload::Upload,
 };
 
@@ -25,7 +26,7 @@ pub(crate) enum Action {
     /// A script that takes the server's deploy lock and holds it until this run ends.
     Lock(Script),
     /// Polls the services' container health on the server and the health URL from here.
-    HealthGate(Gate),
+    HealthGate { gate: Gate, revision: Revision },
     /// Appends the JSON line of this run to `releases.jsonl` and marks the release's result:
     /// built when it runs, from the steps before it.
     Record { kind: &'static str, tag: String },
@@ -58,6 +59,17 @@ pub(crate) struct Gate {
     pub(crate) services: Vec<String>,
     pub(crate) url: String,
     pub(crate) timeout: Duration,
+    pub(crate) reach: Reach,
+}
+
+/// The revision the backend's health JSON must report (its `revision` is the full commit, a
+/// release's tag the short one); a tag that is not a commit leaves only `"status":"ok"`.
+#[derive(Debug, Clone)]
+pub(crate) enum Revision {
+    /// The release being activated.
+    Of(String),
+    /// The release that was current before this run's switch, known once the switch ran.
+    Previous,
 }
 
 /// The steps of a deploy or rollback, by phase.
@@ -150,11 +162,19 @@ fn describe_action(action: &Action) -> String {
             "(held by its own ssh session until the run ends; it dies with the connection)\n{}",
             script.masked()
         ),
-        Action::HealthGate(gate) => format!(
-            "(poll for at most {} s) containers of {} running and healthy (docker inspect, found by compose labels), and GET {} answering 200\n",
+        Action::HealthGate { gate, revision } => format!(
+            "(poll for at most {} s) containers of {} running and healthy (docker inspect, found by compose labels), and GET {}{} answering 200 with the backend's health JSON: \"status\":\"ok\", {}\n",
             gate.timeout.as_secs(),
             gate.services.join(", "),
-            if gate.url.is_empty() { "<no health URL>" } else { &gate.url }
+            if gate.url.is_empty() { "<no health URL>" } else { &gate.url },
+            gate.reach.describe(),
+            match revision {
+                Revision::Of(tag) if settings::is_commit_tag(tag) =>
+                    format!("\"revision\" starting with {tag}"),
+                Revision::Of(tag) => format!("any \"revision\" ({tag} is not a commit)"),
+                Revision::Previous =>
+                    "\"revision\" starting with the previous release's tag (when it is a commit)".to_owned(),
+            }
         ),
         Action::Record { .. } => {
             "append {time, tag, kind, result, previous, digests, by, step durations} as one line to releases.jsonl; mark the release ok or failed\n".to_owned()
@@ -222,7 +242,7 @@ pub(crate) fn deploy_plan(
             step("lock", Action::Lock(scripts.lock(holder))),
             step(
                 "upload release files",
-                Action::Remote(scripts.upload(tag, &upload.tar, upload.n_files)),
+                Action::Remote(scripts.upload(tag, upload)),
             ),
             step(
                 "write .env",
@@ -268,7 +288,13 @@ fn activation(scripts: &ServerScripts, tag: &str, profiles: &[String], gate: &Ga
     vec![
         step("switch current", Action::Remote(scripts.switch(tag))),
         step("start", Action::Remote(scripts.start(profiles))),
-        step("health gate", Action::HealthGate(gate.clone())),
+        step(
+            "health gate",
+            Action::HealthGate {
+                gate: gate.clone(),
+                revision: Revision::Of(tag.to_owned()),
+            },
+        ),
     ]
 }
 
@@ -286,7 +312,10 @@ fn fall_back(scripts: &ServerScripts, tag: &str, gate: &Gate) -> Vec<Step> {
         ),
         step(
             "health gate (previous release)",
-            Action::HealthGate(gate.clone()),
+            Action::HealthGate {
+                gate: gate.clone(),
+                revision: Revision::Previous,
+            },
         ),
     ]
 }

@@ -241,7 +241,7 @@ mod tests {
         write("releases/ccccccc/.uploaded", "300\n");
         std::os::unix::fs::symlink("releases/bbbbbbb", base.join("current")).unwrap();
 
-        let scripts = ServerScripts::read_only(&base.display().to_string(), "timemanager");
+        let scripts = crate::deploy::scripts::tests::remote(&base.display().to_string());
         let sh = Shell::new().unwrap();
         let out = cmd!(sh, "bash -s")
             .stdin(scripts.list_releases().render())

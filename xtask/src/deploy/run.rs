@@ -14,7 +14,7 @@ use xshell::Shell;
 use crate::{
     deploy::{
         health,
-        plan::{Action, Images, Local, Plan, Step},
+        plan::{Action, Images, Local, Plan, Revision, Step},
         scripts::{Fact, ServerScripts, parse_facts},
         secrets::Redactor,
         settings::{self, Lookup, OWN_SERVICES, Target},
@@ -187,9 +187,14 @@ impl<'a> Run<'a> {
                 self.lock = Some(self.session()?.lock(self.sh, script)?);
                 Ok(String::new())
             }
-            Action::HealthGate(gate) => {
+            Action::HealthGate { gate, revision } => {
+                let expected = match revision {
+                    Revision::Of(tag) => Some(tag.as_str()),
+                    Revision::Previous => self.previous.as_deref(),
+                }
+                .filter(|tag| settings::is_commit_tag(tag));
                 let session = self.session()?;
-                health::wait(self.sh, session, &self.scripts, gate).map(|_| String::new())
+                health::wait(self.sh, session, &self.scripts, gate, expected).map(|_| String::new())
             }
             Action::Record { kind, tag } => {
                 self.record(step, before, kind, tag).map(|()| String::new())

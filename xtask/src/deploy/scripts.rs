@@ -14,7 +14,8 @@ use std::fmt::Write as _;
 
 use crate::deploy::{
     secrets::Secret,
-    settings::{Credentials, EnvLine, EnvValue},
+    settings::{ComposeChoice, Credentials, EnvLine, EnvValue, Target},
+    upload::{OVERRIDE_FILE, Upload},
 };
 
 /// Variables and helpers every script starts with (after `base`, `project` and `run_id`).
@@ -198,16 +199,23 @@ pub(crate) struct ServerScripts {
     pub(crate) project: String,
     /// Written into the lock's holder file; mutating steps check it is still there.
     pub(crate) run_id: String,
+    pub(crate) compose: ComposeChoice,
 }
 
 impl ServerScripts {
-    /// For commands that only read: no run id, no lock.
-    pub(crate) fn read_only(base: &str, project: &str) -> ServerScripts {
+    /// The scripts of one run against `target`.
+    pub(crate) fn new(target: &Target, run_id: String) -> ServerScripts {
         ServerScripts {
-            base: base.to_owned(),
-            project: project.to_owned(),
-            run_id: "read-only".to_owned(),
+            base: target.base.clone(),
+            project: target.project.clone(),
+            run_id,
+            compose: target.compose,
         }
+    }
+
+    /// For commands that only read: no run id, no lock.
+    pub(crate) fn read_only(target: &Target) -> ServerScripts {
+        ServerScripts::new(target, "read-only".to_owned())
     }
 
     /// Variables and helpers shared by every script.
@@ -218,6 +226,11 @@ impl ServerScripts {
             quote(&self.project),
             quote(&self.run_id)
         );
+        match self.compose {
+            ComposeChoice::Detect => {}
+            ComposeChoice::V1 => out.push_str("compose_choice=v1\n"),
+            ComposeChoice::V2 => out.push_str("compose_choice=v2\n"),
+        }
         out.push_str(PRELUDE);
         out
     }
@@ -267,15 +280,21 @@ impl ServerScripts {
 
     /// Unpacks the compose file and `infrastructure/` into `releases/<tag>/`, through a
     /// staging directory; an existing release with the same tag must have the same files.
-    pub(crate) fn upload(&self, tag: &str, tar: &[u8], n_files: usize) -> Script {
+    pub(crate) fn upload(&self, tag: &str, upload: &Upload) -> Script {
         let mut values = Script::new();
         values.value("tag", tag).heredoc("upload_tar", &self.delimiter(), |s| {
             s.data(
                 format!(
-                    "base64 of a tar of docker-compose.prod.yml and infrastructure/: {n_files} files, {} bytes",
-                    tar.len()
+                    "base64 of a tar of docker-compose.prod.yml{} and infrastructure/: {} files, {} bytes",
+                    if upload.has_override {
+                        format!(", {OVERRIDE_FILE} (a lab's override)")
+                    } else {
+                        String::new()
+                    },
+                    upload.n_files,
+                    upload.tar.len()
                 ),
-                base64(tar),
+                base64(&upload.tar),
             );
         });
         self.wrap(&values, UPLOAD, true)

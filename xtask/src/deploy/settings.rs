@@ -57,6 +57,33 @@ pub(crate) struct Target {
     pub(crate) base: String,
     /// Compose project name (`timemanager`).
     pub(crate) project: String,
+    /// From `TM_COMPOSE` (a test seam): which compose the server's scripts run.
+    pub(crate) compose: ComposeChoice,
+}
+
+/// Which compose the server's scripts run: `docker compose` (v2, the CLI plugin) when the
+/// server has it, else `docker-compose` (v1), unless `TM_COMPOSE=v1|v2` on the deploying
+/// machine forces one (labs that have both test each).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum ComposeChoice {
+    #[default]
+    Detect,
+    V1,
+    V2,
+}
+
+impl ComposeChoice {
+    /// `TM_COMPOSE`'s value: `v1`, `v2`, or unset.
+    pub(crate) fn parse(value: Option<&str>) -> Result<ComposeChoice, String> {
+        match value {
+            None => Ok(ComposeChoice::Detect),
+            Some("v1") => Ok(ComposeChoice::V1),
+            Some("v2") => Ok(ComposeChoice::V2),
+            Some(other) => Err(format!(
+                "TM_COMPOSE must be `v1` (docker-compose) or `v2` (docker compose), got `{other}`"
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +154,10 @@ pub(crate) fn target(
             server.compose_project
         ));
     }
+    let compose = ComposeChoice::parse(env("TM_COMPOSE").as_deref()).unwrap_or_else(|problem| {
+        problems.invalid.push(problem);
+        ComposeChoice::Detect
+    });
     Target {
         host: host.unwrap_or_default(),
         user: server.user.clone(),
@@ -135,6 +166,7 @@ pub(crate) fn target(
         host_keys,
         base: server.remote_dir.trim_end_matches('/').to_owned(),
         project: server.compose_project.clone(),
+        compose,
     }
 }
 
@@ -471,5 +503,36 @@ mod tests {
         assert!(is_name("monitoring") && !is_name("Mon") && !is_name("a;b"));
         assert!(is_safe_path("/opt/timemanager") && !is_safe_path("/opt/../etc"));
         assert!(!is_safe_path("/opt/time manager"));
+    }
+
+    #[test]
+    fn tm_compose_forces_one_compose_or_is_refused() {
+        let server = flags::Server {
+            host: Some("203.0.113.7".to_owned()),
+            user: "root".to_owned(),
+            port: 22,
+            identity: None,
+            known_hosts: None,
+            remote_dir: "/opt/timemanager".to_owned(),
+            compose_project: "timemanager".to_owned(),
+        };
+        for (value, expected) in [
+            ("", ComposeChoice::Detect),
+            ("v1", ComposeChoice::V1),
+            ("v2", ComposeChoice::V2),
+        ] {
+            let mut problems = Problems::default();
+            let vars = [("TM_COMPOSE", value)];
+            let env = lookup(&vars);
+            let found = target(&server, &env, &mut problems, &mut Redactor::default());
+            assert_eq!(found.compose, expected);
+            problems.into_result().unwrap();
+        }
+        let mut problems = Problems::default();
+        let vars = [("TM_COMPOSE", "docker-compose")];
+        let env = lookup(&vars);
+        target(&server, &env, &mut problems, &mut Redactor::default());
+        let message = format!("{:#}", problems.into_result().unwrap_err());
+        assert!(message.contains("TM_COMPOSE must be `v1`"), "{message}");
     }
 }

@@ -418,6 +418,7 @@ mod tests {
                 host_keys,
                 base: "/opt/timemanager".to_owned(),
                 project: "timemanager".to_owned(),
+                compose: crate::deploy::settings::ComposeChoice::Detect,
             },
             dir: PrivateDir::create().unwrap(),
             redactor: Redactor::default(),

@@ -1,5 +1,6 @@
-//! The release upload: `docker-compose.prod.yml` and `infrastructure/` as one tar, written by
-//! the image layer's deterministic tar writer and unpacked on the server by the upload step.
+//! The release upload: `docker-compose.prod.yml` and `infrastructure/` (and, in test labs
+//! only, `docker-compose.override.yml`) as one tar, written by the image layer's deterministic
+//! tar writer and unpacked on the server by the upload step.
 
 use std::{
     fs,
@@ -15,15 +16,29 @@ use crate::image::layer::{self, Entry, Source};
 /// files must give the same upload whenever they are packed.
 const MTIME: u64 = 0;
 
+/// The override's name in a release: every compose command on the server adds it with `-f`
+/// when the release has it (`compose_in` in `scripts/prelude.sh`).
+pub(crate) const OVERRIDE_FILE: &str = "docker-compose.override.yml";
+
 /// `docker-compose.prod.yml` and `infrastructure/` as one tar, unpacked by the upload step.
 #[derive(Debug, Default)]
 pub(crate) struct Upload {
     pub(crate) tar: Vec<u8>,
     pub(crate) n_files: usize,
+    /// The tar has `docker-compose.override.yml` (`deploy --compose-override`, labs only).
+    pub(crate) has_override: bool,
 }
 
-pub(crate) fn pack(compose_file: &Path, infrastructure: &Path) -> anyhow::Result<Upload> {
+/// Packs the release's files; `compose_override` is a lab's override file, never production's.
+pub(crate) fn pack(
+    compose_file: &Path,
+    infrastructure: &Path,
+    compose_override: Option<&Path>,
+) -> anyhow::Result<Upload> {
     let mut entries = vec![file_entry(compose_file, "docker-compose.prod.yml")?];
+    if let Some(path) = compose_override {
+        entries.push(file_entry(path, OVERRIDE_FILE)?);
+    }
     if !infrastructure.is_dir() {
         bail!("`{}` is not a directory", infrastructure.display());
     }
@@ -58,7 +73,11 @@ pub(crate) fn pack(compose_file: &Path, infrastructure: &Path) -> anyhow::Result
         .count();
     let entries = layer::normalize(entries)?;
     let tar = layer::write_tar(&entries, MTIME, Vec::new()).context("packing the upload")?;
-    Ok(Upload { tar, n_files })
+    Ok(Upload {
+        tar,
+        n_files,
+        has_override: compose_override.is_some(),
+    })
 }
 
 fn file_entry(path: &Path, name: &str) -> anyhow::Result<Entry> {
@@ -81,6 +100,7 @@ mod tests {
         let upload = pack(
             &project::root().join(compose::COMPOSE_FILE),
             &project::root().join("infrastructure"),
+            None,
         )
         .unwrap();
         let mut archive = tar::Archive::new(upload.tar.as_slice());
@@ -101,9 +121,11 @@ mod tests {
                 .filter(|n| !n.ends_with('/') && n.contains('.'))
                 .count()
         );
+        assert!(!upload.has_override && !names.contains(&OVERRIDE_FILE.to_owned()));
         let again = pack(
             &project::root().join(compose::COMPOSE_FILE),
             &project::root().join("infrastructure"),
+            None,
         )
         .unwrap();
         assert!(
@@ -113,8 +135,34 @@ mod tests {
         let err = pack(
             std::path::Path::new("/nonexistent/compose.yml"),
             std::path::Path::new("/nonexistent"),
+            None,
         )
         .unwrap_err();
         assert!(format!("{err:#}").contains("/nonexistent/compose.yml"));
+    }
+
+    #[test]
+    fn a_lab_override_is_packed_under_its_fixed_name() {
+        let upload = pack(
+            &project::root().join(compose::COMPOSE_FILE),
+            &project::root().join("infrastructure"),
+            Some(&project::root().join(compose::COMPOSE_FILE)),
+        )
+        .unwrap();
+        let mut archive = tar::Archive::new(upload.tar.as_slice());
+        let names: Vec<String> = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert!(upload.has_override);
+        assert!(names.contains(&OVERRIDE_FILE.to_owned()), "{names:?}");
+        let err = pack(
+            &project::root().join(compose::COMPOSE_FILE),
+            &project::root().join("infrastructure"),
+            Some(std::path::Path::new("/nonexistent/override.yml")),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("/nonexistent/override.yml"));
     }
 }

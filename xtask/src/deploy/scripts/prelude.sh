@@ -1,20 +1,31 @@
 export DOCKER_CONFIG="$base/.docker"
 say() { printf '%s\n' "$*" >&2; }
 die() { say "error: $*"; exit 3; }
-if docker compose version >/dev/null 2>&1; then
+# v2 (the CLI plugin) first, else v1; `compose_choice` (set from TM_COMPOSE on the deploying
+# machine, for labs that test both) allows only one of them.
+compose_choice=${compose_choice:-}
+compose_cmd=()
+if [ "$compose_choice" != v1 ] && docker compose version >/dev/null 2>&1; then
   compose_cmd=(docker compose)
-elif command -v docker-compose >/dev/null 2>&1; then
+elif [ "$compose_choice" != v2 ] && command -v docker-compose >/dev/null 2>&1; then
   compose_cmd=(docker-compose)
-else
-  compose_cmd=()
 fi
+case $compose_choice in
+  v1) compose_missing="\`docker-compose\` (compose v1, forced by TM_COMPOSE=v1) is not installed" ;;
+  v2) compose_missing="\`docker compose\` (compose v2, forced by TM_COMPOSE=v2) is not installed" ;;
+  *) compose_missing="neither \`docker compose\` nor \`docker-compose\` is installed" ;;
+esac
 # compose_in DIR ARGS...: compose with the compose file and .env found in DIR, always with
 # the same project name and directory, so containers and volumes carry across releases.
+# A test lab's release also has docker-compose.override.yml (`deploy --compose-override`);
+# production releases never do. An explicit -f turns off compose's own override lookup.
 compose_in() {
   local dir=$1
   shift
-  [ ${#compose_cmd[@]} -gt 0 ] || die "neither \`docker compose\` nor \`docker-compose\` is installed: run \`cargo xtask server-setup\`"
-  "${compose_cmd[@]}" -p "$project" --project-directory "$base" --env-file "$dir/.env" -f "$dir/docker-compose.prod.yml" "$@"
+  [ ${#compose_cmd[@]} -gt 0 ] || die "$compose_missing: run \`cargo xtask server-setup\`"
+  local files=(-f "$dir/docker-compose.prod.yml")
+  [ ! -e "$dir/docker-compose.override.yml" ] || files+=(-f "$dir/docker-compose.override.yml")
+  "${compose_cmd[@]}" -p "$project" --project-directory "$base" --env-file "$dir/.env" "${files[@]}" "$@"
 }
 # The current release through the links an operator uses, so both see the same paths.
 compose() { compose_in "$base" "$@"; }
@@ -28,9 +39,16 @@ guard() {
     die "this run no longer holds the deploy lock of $base (lost connection?): stopping before any change"
   fi
 }
+# set_current releases/TAG: the atomic switch; the override's link follows what TAG has.
 set_current() {
   ln -sfn "$1" "$base/.current.tmp"
   mv -fT "$base/.current.tmp" "$base/current"
+  if [ -e "$base/current/docker-compose.override.yml" ]; then
+    ln -sfn current/docker-compose.override.yml "$base/.override.tmp"
+    mv -fT "$base/.override.tmp" "$base/docker-compose.override.yml"
+  elif [ -L "$base/docker-compose.override.yml" ]; then
+    rm -f "$base/docker-compose.override.yml"
+  fi
 }
 # mounted_releases: "service<TAB>release<TAB>path" for every file or directory of a release
 # that a running container has bind-mounted. Docker resolves the `current` link when a

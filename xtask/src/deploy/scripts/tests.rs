@@ -13,14 +13,17 @@ use xshell::{Shell, cmd};
 use super::*;
 use crate::deploy::{
     secrets::Secret,
-    settings::{Credentials, EnvLine, EnvValue},
+    settings::{ComposeChoice, Credentials, EnvLine, EnvValue},
+    upload::{OVERRIDE_FILE, Upload},
 };
 
-fn remote(base: &str) -> ServerScripts {
+/// The scripts of one run against `base`, compose detected on the server.
+pub(crate) fn remote(base: &str) -> ServerScripts {
     ServerScripts {
         base: base.to_owned(),
         project: "timemanager".to_owned(),
         run_id: "0123456789abcdef".to_owned(),
+        compose: ComposeChoice::Detect,
     }
 }
 
@@ -57,10 +60,25 @@ fn all_scripts() -> Vec<(&'static str, Script)> {
     let r = remote("/opt/timemanager");
     let profiles = vec!["monitoring".to_owned()];
     let services = vec!["backend".to_owned(), "frontend".to_owned()];
+    let v1 = ServerScripts {
+        compose: ComposeChoice::V1,
+        ..r.clone()
+    };
     vec![
         ("probe", r.probe()),
+        ("probe with compose v1 forced", v1.probe()),
         ("lock", r.lock("octocat (deploy of abc1234, it's me)")),
-        ("upload", r.upload("abc1234", b"not really a tar", 2)),
+        (
+            "upload",
+            r.upload(
+                "abc1234",
+                &Upload {
+                    tar: b"not really a tar".to_vec(),
+                    n_files: 2,
+                    has_override: true,
+                },
+            ),
+        ),
         ("env", r.write_env("abc1234", &env_lines(), &profiles)),
         (
             "pull",
@@ -257,14 +275,24 @@ case "$1 $2" in
 esac
 "#;
 
+/// Compose v1, beside the v2 plugin the fake `docker` has: logged with its own name.
+const FAKE_DOCKER_COMPOSE: &str = r#"#!/bin/bash
+printf 'docker-compose %s\n' "$*" >>"${0%/*}/calls"
+"#;
+
 impl FakeDocker {
     pub(crate) fn new(name: &str) -> FakeDocker {
         let dir = std::env::temp_dir().join(format!("xtask-docker-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let docker = dir.join("docker");
-        std::fs::write(&docker, FAKE_DOCKER).unwrap();
-        std::fs::set_permissions(&docker, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for (program, text) in [
+            ("docker", FAKE_DOCKER),
+            ("docker-compose", FAKE_DOCKER_COMPOSE),
+        ] {
+            let path = dir.join(program);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
         FakeDocker { dir }
     }
 
@@ -297,7 +325,7 @@ impl Drop for FakeDocker {
     }
 }
 
-fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
+fn tar_of(files: &[(&str, &str)]) -> Upload {
     let mut builder = tar::Builder::new(Vec::new());
     for (name, text) in files {
         let mut header = tar::Header::new_gnu();
@@ -307,7 +335,11 @@ fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
             .append_data(&mut header, name, text.as_bytes())
             .unwrap();
     }
-    builder.into_inner().unwrap()
+    Upload {
+        tar: builder.into_inner().unwrap(),
+        n_files: files.len(),
+        has_override: files.iter().any(|(name, _)| *name == OVERRIDE_FILE),
+    }
 }
 
 /// The lock script, held by a running `bash` until its stdin closes.
@@ -374,7 +406,7 @@ fn releases_lock_upload_env_switch_and_back_on_a_real_directory() {
     ]);
 
     // Without the lock, mutating steps refuse to run.
-    let (ok, _, err) = run(&r.upload("aaaaaaa", &files_a, 2));
+    let (ok, _, err) = run(&r.upload("aaaaaaa", &files_a));
     assert!(
         !ok && err.contains("no longer holds the deploy lock"),
         "{err}"
@@ -388,11 +420,11 @@ fn releases_lock_upload_env_switch_and_back_on_a_real_directory() {
     let refused = hold_lock(&other.lock("someone else")).err().unwrap();
     assert_eq!(refused.trim_end(), "held\ttester (deploy of aaaaaaa)");
     // Another run's steps cannot use this run's lock.
-    let (ok, _, _) = run(&other.upload("aaaaaaa", &files_a, 2));
+    let (ok, _, _) = run(&other.upload("aaaaaaa", &files_a));
     assert!(!ok);
 
     for (tag, files) in [("aaaaaaa", &files_a), ("bbbbbbb", &files_b)] {
-        let (ok, _, err) = run(&r.upload(tag, files, 2));
+        let (ok, _, err) = run(&r.upload(tag, files));
         assert!(ok, "{err}");
         let (ok, _, err) = run(&r.write_env(tag, &env_lines(), &[]));
         assert!(ok, "{err}");
@@ -413,9 +445,9 @@ fn releases_lock_upload_env_switch_and_back_on_a_real_directory() {
     );
 
     // The same tag with the same files is reused; with other files it is refused.
-    let (ok, _, err) = run(&r.upload("aaaaaaa", &files_a, 2));
+    let (ok, _, err) = run(&r.upload("aaaaaaa", &files_a));
     assert!(ok && err.contains("reusing it"), "{err}");
-    let (ok, _, err) = run(&r.upload("aaaaaaa", &files_b, 2));
+    let (ok, _, err) = run(&r.upload("aaaaaaa", &files_b));
     assert!(!ok && err.contains("other files"), "{err}");
 
     let (ok, out, err) = run(&r.switch("aaaaaaa"));
@@ -606,4 +638,165 @@ fn facts_are_read_from_their_lines_only() {
             },
         ]
     );
+}
+
+/// `TM_COMPOSE` picks compose v1 or v2 even when the server has both; by default v2 wins.
+/// Every script that runs compose (pull, start, status) runs the chosen one.
+#[test]
+fn the_forced_compose_runs_every_compose_command() {
+    let base = temp_base("compose-choice");
+    std::fs::create_dir_all(base.join("releases/abc1234")).unwrap();
+    std::fs::write(base.join("releases/abc1234/docker-compose.prod.yml"), "").unwrap();
+    std::os::unix::fs::symlink("releases/abc1234", base.join("current")).unwrap();
+    std::os::unix::fs::symlink(
+        "current/docker-compose.prod.yml",
+        base.join("docker-compose.prod.yml"),
+    )
+    .unwrap();
+    for (choice, shown, call) in [
+        (
+            ComposeChoice::Detect,
+            "docker compose",
+            "compose -p timemanager",
+        ),
+        (
+            ComposeChoice::V2,
+            "docker compose",
+            "compose -p timemanager",
+        ),
+        (
+            ComposeChoice::V1,
+            "docker-compose",
+            "docker-compose -p timemanager",
+        ),
+    ] {
+        let fake = FakeDocker::new("compose-choice");
+        let r = ServerScripts {
+            compose: choice,
+            ..remote(&base.display().to_string())
+        };
+        let out = fake.run(&r.probe());
+        assert!(out.ok, "{choice:?}: {}", out.stderr);
+        assert!(
+            out.stdout.contains(&format!("compose={shown}\n")),
+            "{choice:?}: {}",
+            out.stdout
+        );
+        let held = hold_lock(&r.lock("tester")).unwrap();
+        for script in [
+            r.pull("abc1234", "ghcr.io", None, &images()),
+            r.start(&["monitoring".to_owned()]),
+            r.status(),
+        ] {
+            let out = fake.run(&script);
+            assert!(out.ok, "{choice:?}: {}", out.stderr);
+        }
+        drop(held);
+        let calls = fake.calls();
+        let compose_calls: Vec<&str> = calls
+            .lines()
+            .filter(|l| l.contains(" -p timemanager "))
+            .collect();
+        // pull; up; ps.
+        assert_eq!(compose_calls.len(), 3, "{choice:?}: {calls}");
+        for line in compose_calls {
+            assert!(line.starts_with(call), "{choice:?}: {calls}");
+        }
+        assert!(
+            calls.contains(" --profile monitoring up -d --remove-orphans\n"),
+            "{calls}"
+        );
+    }
+    std::fs::remove_dir_all(base.parent().unwrap()).unwrap();
+}
+
+/// A release with a lab's override: uploaded, compared on a re-upload, added to every
+/// compose command with `-f`, linked next to the compose file while it is current.
+#[test]
+fn a_lab_override_is_uploaded_used_and_linked_while_current() {
+    let fake = FakeDocker::new("override");
+    let base = temp_base("override");
+    let r = remote(&base.display().to_string());
+    let prod = ("docker-compose.prod.yml", "services: {}\n");
+    let infra = ("infrastructure/traefik/dynamic.yml", "a\n");
+    let lab = tar_of(&[
+        prod,
+        infra,
+        (
+            OVERRIDE_FILE,
+            "services: {postgres-backup: {profiles: [lab]}}\n",
+        ),
+    ]);
+    let other_lab = tar_of(&[prod, infra, (OVERRIDE_FILE, "services: {}\n")]);
+    let plain = tar_of(&[prod, infra]);
+    assert!(r.upload("aaaaaaa", &lab).masked().contains(&format!(
+        "docker-compose.prod.yml, {OVERRIDE_FILE} (a lab's override) and infrastructure/: 3 files"
+    )));
+    let held = hold_lock(&r.lock("tester")).unwrap();
+    for (tag, files) in [("aaaaaaa", &lab), ("bbbbbbb", &plain)] {
+        let (ok, _, err) = run(&r.upload(tag, files));
+        assert!(ok, "{err}");
+        let (ok, _, err) = run(&r.write_env(tag, &env_lines(), &[]));
+        assert!(ok, "{err}");
+        std::fs::write(
+            base.join(format!("releases/{tag}/images")),
+            "backend\tref\tsha256:1\n",
+        )
+        .unwrap();
+    }
+    // The same tag must come with the same override, or none if it had none.
+    let (ok, _, err) = run(&r.upload("aaaaaaa", &lab));
+    assert!(ok && err.contains("reusing it"), "{err}");
+    for (tag, files) in [
+        ("aaaaaaa", &other_lab),
+        ("aaaaaaa", &plain),
+        ("bbbbbbb", &lab),
+    ] {
+        let (ok, _, err) = run(&r.upload(tag, files));
+        assert!(!ok && err.contains("other files"), "{tag}: {err}");
+    }
+
+    let rel = |tag: &str| base.join("releases").join(tag).display().to_string();
+    let out = fake.run(&r.pull("aaaaaaa", "ghcr.io", None, &images()));
+    assert!(out.ok, "{}", out.stderr);
+    let out = fake.run(&r.pull("bbbbbbb", "ghcr.io", None, &images()));
+    assert!(out.ok, "{}", out.stderr);
+    let calls = fake.calls();
+    let pulls: Vec<&str> = calls.lines().filter(|l| l.contains(" pull ")).collect();
+    let a = rel("aaaaaaa");
+    assert!(
+        pulls[0].contains(&format!(
+            "-f {a}/docker-compose.prod.yml -f {a}/{OVERRIDE_FILE} pull"
+        )),
+        "{}",
+        pulls[0]
+    );
+    assert!(!pulls[1].contains(OVERRIDE_FILE), "{}", pulls[1]);
+
+    let link_path = base.join(OVERRIDE_FILE);
+    let (ok, _, err) = run(&r.switch("aaaaaaa"));
+    assert!(ok, "{err}");
+    assert_eq!(link(&link_path), format!("current/{OVERRIDE_FILE}"));
+    // `compose` (through the base directory's links) uses it too.
+    let out = fake.run(&r.start(&[]));
+    assert!(out.ok, "{}", out.stderr);
+    let base_dir = base.display().to_string();
+    assert!(
+        fake.calls().contains(&format!(
+            "-f {base_dir}/docker-compose.prod.yml -f {base_dir}/{OVERRIDE_FILE} up -d --remove-orphans"
+        )),
+        "{}",
+        fake.calls()
+    );
+    let (ok, _, err) = run(&r.switch("bbbbbbb"));
+    assert!(ok, "{err}");
+    assert!(
+        std::fs::symlink_metadata(&link_path).is_err(),
+        "a release without an override left the link"
+    );
+    let (ok, _, err) = run(&r.switch_back("bbbbbbb"));
+    assert!(ok, "{err}");
+    assert_eq!(link(&link_path), format!("current/{OVERRIDE_FILE}"));
+    drop(held);
+    std::fs::remove_dir_all(base.parent().unwrap()).unwrap();
 }
