@@ -1088,6 +1088,13 @@ fn check_postgres(sh: &Shell, scratch: &Scratch<'_>) -> anyhow::Result<()> {
         start.elapsed().as_secs_f64()
     );
 
+    // The server (PID 1 after the entrypoint's exec) must run as 70, never as root.
+    let script = "s/^Uid:[[:space:]]*//p";
+    let uids = cmd!(sh, "docker exec {server} sed -n {script} /proc/1/status").read()?;
+    if uids.split_whitespace().next() != Some("70") {
+        bail!("the server runs as uid {uids:?}, not 70");
+    }
+
     let sql = "CREATE TABLE lab_check (note text); INSERT INTO lab_check VALUES ('kept');";
     psql(sh, scratch, &password, sql)
         .context("creating a table over the network with the password")?;
