@@ -3,15 +3,28 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
+use std::time::Duration;
 
 use axum::http::HeaderValue;
 use sqlx::postgres::PgConnectOptions;
+
+use crate::migrations::Timeouts;
 
 /// Port served (and probed by `healthcheck`) when `APP_PORT` is unset or empty.
 const DEFAULT_PORT: u16 = 8080;
 
 /// Service name reported to the trace backend when `OTEL_SERVICE_NAME` is unset.
 pub const DEFAULT_SERVICE_NAME: &str = "timemanager-backend";
+
+/// Drain period when `SHUTDOWN_DRAIN_SECONDS` is unset: Traefik probes `/health` every
+/// 10 s (`loadbalancer.healthcheck.interval` in `docker-compose.prod.yml`), so the first
+/// 503 is seen at most 10 s after SIGTERM; 2 s more cover the probe's round trip and
+/// Traefik updating its routes. Keep it above that interval if the interval changes.
+pub const DEFAULT_SHUTDOWN_DRAIN: Duration = Duration::from_secs(12);
+
+/// Longest accepted drain: the container's stop timeout has to cover it, and a larger
+/// value is more likely milliseconds typed as seconds than a real wish.
+const MAX_SHUTDOWN_DRAIN_SECONDS: f64 = 300.0;
 
 /// Everything the server needs to start, already validated.
 #[derive(Clone)]
@@ -22,6 +35,9 @@ pub struct Config {
     pub log_filter: String,
     pub cors: CorsOrigins,
     pub otel: Option<OtelConfig>,
+    /// How long `/health` answers 503 after SIGTERM/SIGINT before the server stops
+    /// accepting connections (`SHUTDOWN_DRAIN_SECONDS`).
+    pub shutdown_drain: Duration,
 }
 
 /// A PostgreSQL URL whose password never appears in `Debug`/`Display` output.
@@ -162,6 +178,12 @@ impl Config {
             }),
         };
 
+        let shutdown_drain = match get("SHUTDOWN_DRAIN_SECONDS")? {
+            None => DEFAULT_SHUTDOWN_DRAIN,
+            Some(raw) => parse_drain_seconds(&raw)
+                .map_err(|problem| invalid("SHUTDOWN_DRAIN_SECONDS", problem))?,
+        };
+
         Ok(Self {
             host,
             port,
@@ -169,6 +191,7 @@ impl Config {
             log_filter,
             cors,
             otel,
+            shutdown_drain,
         })
     }
 }
@@ -195,6 +218,23 @@ pub fn parse_port(raw: &str) -> Result<u16, String> {
         Ok(port) if port != 0 => Ok(port),
         _ => Err(format!(
             "must be a port number (1-65535), got {}",
+            quoted(raw)
+        )),
+    }
+}
+
+/// Parses a number of seconds such as `12` or `0.5`, from 0 to 300. Only digits and one
+/// dot are accepted: `f64` parsing alone would also take `inf`, `1e3` or `+5`.
+fn parse_drain_seconds(raw: &str) -> Result<Duration, String> {
+    let plain = !raw.is_empty()
+        && raw.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && raw.chars().filter(|&c| c == '.').count() <= 1;
+    match raw.parse::<f64>() {
+        Ok(seconds) if plain && (0.0..=MAX_SHUTDOWN_DRAIN_SECONDS).contains(&seconds) => {
+            Ok(Duration::from_secs_f64(seconds))
+        }
+        _ => Err(format!(
+            "must be a number of seconds from 0 to 300 such as 12 or 0.5, got {}",
             quoted(raw)
         )),
     }
@@ -355,6 +395,97 @@ fn parse_otlp_endpoint(raw: &str) -> Result<String, ConfigError> {
     Ok(format!("{}/v1/traces", raw.trim_end_matches('/')))
 }
 
+/// `MIGRATE_LOCK_TIMEOUT` when unset: long enough for a busy table, short enough that a
+/// migration queued behind a long query does not stall every query queued behind it.
+pub const DEFAULT_MIGRATE_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+/// `MIGRATE_STATEMENT_TIMEOUT` when unset.
+pub const DEFAULT_MIGRATE_STATEMENT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Settings of `timemanager-backend migrate`: only what migrating needs, so the deploy
+/// can run it with the server's environment without the server's settings mattering.
+#[derive(Clone, Debug)]
+pub struct MigrateConfig {
+    pub database: DatabaseUrl,
+    pub timeouts: Timeouts,
+}
+
+impl MigrateConfig {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| match std::env::var(name) {
+            Ok(value) => Ok(Some(value)),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => Err(()),
+        })
+    }
+
+    /// Reads configuration through `lookup`, like [`Config::from_lookup`].
+    pub fn from_lookup(
+        lookup: impl Fn(&'static str) -> Result<Option<String>, ()>,
+    ) -> Result<Self, ConfigError> {
+        let get = |name: &'static str| -> Result<Option<String>, ConfigError> {
+            match lookup(name) {
+                Ok(Some(value)) if !value.trim().is_empty() => Ok(Some(value.trim().to_owned())),
+                Ok(_) => Ok(None),
+                Err(()) => Err(invalid(name, "must be valid UTF-8")),
+            }
+        };
+        let database = match get("DATABASE_URL")? {
+            None => {
+                return Err(invalid(
+                    "DATABASE_URL",
+                    "is required (e.g. postgres://user:password@db:5432/timemanager)",
+                ));
+            }
+            Some(raw) => parse_database_url(&raw)?,
+        };
+        let timeout = |name: &'static str, default: Duration| match get(name)? {
+            None => Ok(default),
+            Some(raw) => parse_timeout(&raw).map_err(|problem| invalid(name, problem)),
+        };
+        Ok(Self {
+            database,
+            timeouts: Timeouts {
+                lock: timeout("MIGRATE_LOCK_TIMEOUT", DEFAULT_MIGRATE_LOCK_TIMEOUT)?,
+                statement: timeout(
+                    "MIGRATE_STATEMENT_TIMEOUT",
+                    DEFAULT_MIGRATE_STATEMENT_TIMEOUT,
+                )?,
+            },
+        })
+    }
+}
+
+/// Parses `500ms`, `5s` or `5min` (PostgreSQL's units, but the unit is required so that
+/// `5` cannot mean milliseconds to one reader and seconds to another); `0` disables.
+fn parse_timeout(raw: &str) -> Result<Duration, String> {
+    let problem = || {
+        format!(
+            "must be a duration such as 500ms, 5s or 5min (0 disables it), got {}",
+            quoted(raw)
+        )
+    };
+    let raw = raw.trim();
+    if raw == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = raw
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(problem)?;
+    let number: u64 = raw[..split].parse().map_err(|_| problem())?;
+    let millis = match &raw[split..] {
+        "ms" => Some(number),
+        "s" => number.checked_mul(1_000),
+        "min" => number.checked_mul(60_000),
+        _ => None,
+    };
+    // PostgreSQL keeps these settings as a 32-bit count of milliseconds.
+    match millis {
+        Some(millis) if i32::try_from(millis).is_ok() => Ok(Duration::from_millis(millis)),
+        _ => Err(problem()),
+    }
+}
+
 /// Quotes a user-supplied value for an error message, shortening very long input.
 fn quoted(value: &str) -> String {
     const MAX_CHARS: usize = 80;
@@ -387,6 +518,7 @@ mod tests {
         assert_eq!(c.log_filter, "info");
         assert_eq!(c.cors, CorsOrigins::Disabled);
         assert_eq!(c.otel, None);
+        assert_eq!(c.shutdown_drain, Duration::from_secs(12));
         assert_eq!(c.database.to_string(), "postgres://app:***@db:5432/tm");
         assert!(!format!("{:?}", c.database).contains("s3cret"));
     }
@@ -521,6 +653,68 @@ mod tests {
                 .err()
                 .unwrap();
             assert_eq!(err.variable, "OTEL_EXPORTER_OTLP_ENDPOINT", "{bad}");
+        }
+    }
+
+    #[test]
+    fn migrate_config_needs_only_the_database_and_has_default_timeouts() {
+        let vars = |vars: &[(&'static str, &'static str)]| {
+            let vars: HashMap<&'static str, String> =
+                vars.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+            MigrateConfig::from_lookup(move |name| Ok(vars.get(name).cloned()))
+        };
+        // Server settings do not matter, even invalid ones.
+        let c = vars(&[DB, ("APP_PORT", "abc")]).unwrap();
+        assert_eq!(c.timeouts.lock, Duration::from_secs(5));
+        assert_eq!(c.timeouts.statement, Duration::from_secs(300));
+        assert_eq!(c.database.to_string(), "postgres://app:***@db:5432/tm");
+        assert_eq!(vars(&[]).unwrap_err().variable, "DATABASE_URL");
+
+        let c = vars(&[
+            DB,
+            ("MIGRATE_LOCK_TIMEOUT", "750ms"),
+            ("MIGRATE_STATEMENT_TIMEOUT", "10min"),
+        ])
+        .unwrap();
+        assert_eq!(c.timeouts.lock, Duration::from_millis(750));
+        assert_eq!(c.timeouts.statement, Duration::from_secs(600));
+        let c = vars(&[DB, ("MIGRATE_STATEMENT_TIMEOUT", "0")]).unwrap();
+        assert_eq!(c.timeouts.statement, Duration::ZERO);
+
+        for bad in ["5", "5 s", "-1s", "1h", "s", "99999999min"] {
+            let err = vars(&[DB, ("MIGRATE_LOCK_TIMEOUT", bad)]).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "MIGRATE_LOCK_TIMEOUT must be a duration such as 500ms, 5s or 5min (0 disables it), got {bad:?}"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn shutdown_drain_seconds() {
+        let drain = |raw: &str| config(&[DB, ("SHUTDOWN_DRAIN_SECONDS", raw)]);
+        assert_eq!(drain("0").unwrap().shutdown_drain, Duration::ZERO);
+        assert_eq!(
+            drain(" 0.3 ").unwrap().shutdown_drain,
+            Duration::from_millis(300)
+        );
+        assert_eq!(
+            drain("300").unwrap().shutdown_drain,
+            Duration::from_secs(300)
+        );
+        assert_eq!(drain("").unwrap().shutdown_drain, DEFAULT_SHUTDOWN_DRAIN);
+        for bad in [
+            "abc", "-1", "300.5", "12s", "1e3", "inf", "NaN", "+5", "1.2.3", ".",
+        ] {
+            let err = drain(bad).err().unwrap();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "SHUTDOWN_DRAIN_SECONDS must be a number of seconds from 0 to 300 such as 12 or 0.5, got \"{bad}\""
+                )
+            );
         }
     }
 

@@ -1,4 +1,4 @@
-//! `GET /health`: liveness plus a bounded database round-trip.
+//! `GET /health`: liveness plus a bounded database round-trip, and 503 while draining.
 
 use std::time::Duration;
 
@@ -16,12 +16,27 @@ pub const DB_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, Serialize)]
 pub struct Health {
     pub status: &'static str,
-    pub database: &'static str,
+    /// Absent while draining: the database is not checked then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<&'static str>,
     pub version: &'static str,
     pub revision: &'static str,
 }
 
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    // After SIGTERM: tell the load balancer to stop sending requests here, however
+    // healthy the database is (see `crate::shutdown`).
+    if state.drain.is_draining() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: "draining",
+                database: None,
+                version: crate::VERSION,
+                revision: crate::REVISION,
+            }),
+        );
+    }
     let check = sqlx::query("SELECT 1").execute(&state.pool);
     let database_ok = match tokio::time::timeout(DB_CHECK_TIMEOUT, check).await {
         Ok(Ok(_)) => true,
@@ -46,7 +61,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
         status,
         Json(Health {
             status: body_status,
-            database,
+            database: Some(database),
             version: crate::VERSION,
             revision: crate::REVISION,
         }),

@@ -6,6 +6,8 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod metrics;
+pub mod migrations;
+pub mod shutdown;
 pub mod telemetry;
 pub mod users;
 
@@ -19,7 +21,6 @@ use axum::Router;
 use axum::http::{Method, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{get, post};
-use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection as _, PgPool};
 use tokio::net::TcpListener;
@@ -29,6 +30,8 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::config::{Config, CorsOrigins};
 use crate::error::{error_chain, json_error};
 use crate::metrics::Metrics;
+pub use crate::migrations::MIGRATOR;
+use crate::shutdown::{Drain, ShutdownSignal, serve_and_drain};
 
 /// Crate version, reported by `/health` and `build_info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -40,18 +43,12 @@ pub const REVISION: &str = match option_env!("TIMEMANAGER_REVISION") {
     _ => "unknown",
 };
 
-/// Schema migrations, embedded in the binary and applied at start-up.
-pub static MIGRATOR: Migrator = sqlx::migrate!();
-
 /// Connections kept by the pool; small because PostgreSQL processes are costly.
 const POOL_MAX_CONNECTIONS: u32 = 10;
 /// How long a request waits for a pooled connection before failing with 500.
 const POOL_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long start-up waits for the database (e.g. while its container boots).
 const STARTUP_DB_WAIT: Duration = Duration::from_secs(30);
-/// How long in-flight requests may take to finish after SIGTERM/SIGINT; below
-/// Docker's default 10 s stop timeout so we still flush traces and close the pool.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -59,6 +56,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub metrics: Arc<Metrics>,
     pub cors: CorsOrigins,
+    /// Set on SIGTERM/SIGINT: `/health` then answers 503 (see [`shutdown`]).
+    pub drain: Drain,
 }
 
 impl AppState {
@@ -67,6 +66,7 @@ impl AppState {
             pool,
             metrics: Arc::new(Metrics::new()),
             cors: CorsOrigins::Disabled,
+            drain: Drain::default(),
         }
     }
 
@@ -146,7 +146,7 @@ pub fn pool(options: PgConnectOptions) -> PgPool {
 /// Waits until the database accepts a connection, for at most `STARTUP_DB_WAIT`.
 /// Connecting directly (not through the pool) surfaces the real cause, e.g.
 /// "connection refused", instead of a generic pool timeout.
-async fn wait_for_database(options: &PgConnectOptions) -> Result<(), sqlx::Error> {
+pub(crate) async fn wait_for_database(options: &PgConnectOptions) -> Result<(), sqlx::Error> {
     let deadline = tokio::time::Instant::now() + STARTUP_DB_WAIT;
     let mut delay = Duration::from_millis(250);
     loop {
@@ -216,7 +216,7 @@ async fn serve(config: Config) -> ExitCode {
             .await
             .map_err(|err| format!("database unavailable: {}", error_chain(&err)))?;
         let pool = pool(options.clone());
-        match MIGRATOR.run(&pool).await {
+        match migrations::run_at_startup(&pool).await {
             Ok(()) => Ok(pool),
             Err(err) => {
                 pool.close().await;
@@ -249,36 +249,8 @@ async fn serve(config: Config) -> ExitCode {
     tracing::info!(%addr, "listening");
 
     let state = AppState::new(pool.clone()).with_cors(config.cors);
-    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
-        shutdown.recv().await;
-        tracing::info!(
-            "shutdown requested: refusing new connections, finishing in-flight requests"
-        );
-        let _ = signalled_tx.send(());
-    });
-    let grace_expired = async {
-        // Only starts counting once shutdown was requested; pending forever otherwise.
-        if signalled_rx.await.is_ok() {
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
-
-    let code = tokio::select! {
-        result = server => match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                tracing::error!(error = %err, "server failed");
-                ExitCode::FAILURE
-            }
-        },
-        () = grace_expired => {
-            tracing::warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "in-flight requests did not finish in time; closing them");
-            ExitCode::SUCCESS
-        }
-    };
+    let drain = state.drain.clone();
+    let code = serve_and_drain(listener, app(state), drain, config.shutdown_drain, shutdown).await;
     // close() waits for checked-out connections; bound it in case the grace period
     // expired with handlers still holding some.
     if tokio::time::timeout(Duration::from_secs(5), pool.close())
@@ -289,27 +261,4 @@ async fn serve(config: Config) -> ExitCode {
     }
     tracing::info!("shutdown complete");
     code
-}
-
-/// SIGTERM (container stop) or SIGINT (Ctrl-C).
-struct ShutdownSignal {
-    terminate: tokio::signal::unix::Signal,
-    interrupt: tokio::signal::unix::Signal,
-}
-
-impl ShutdownSignal {
-    fn register() -> std::io::Result<Self> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Self {
-            terminate: signal(SignalKind::terminate())?,
-            interrupt: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.terminate.recv() => {}
-            _ = self.interrupt.recv() => {}
-        }
-    }
 }

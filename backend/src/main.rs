@@ -2,14 +2,22 @@
 
 use std::process::ExitCode;
 
-use timemanager_backend::config::{self, Config};
+use timemanager_backend::config::{self, Config, MigrateConfig};
 use timemanager_backend::{REVISION, VERSION};
 
-const USAGE: &str = "usage: timemanager-backend [healthcheck | --version | --help]
+const USAGE: &str =
+    "usage: timemanager-backend [healthcheck | migrate | migrations | --version | --help]
 
 Runs the Time Manager API server (configured through APP_HOST, APP_PORT, DATABASE_URL,
-RUST_LOG, CORS_ALLOWED_ORIGINS, OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME).
-`healthcheck` exits 0 if http://127.0.0.1:$APP_PORT/health answers 200 within 3 s.";
+RUST_LOG, CORS_ALLOWED_ORIGINS, OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME,
+SHUTDOWN_DRAIN_SECONDS). On SIGTERM/SIGINT /health answers 503 for SHUTDOWN_DRAIN_SECONDS
+(default 12) while other requests are served, then in-flight requests finish and it exits.
+`healthcheck` exits 0 if http://127.0.0.1:$APP_PORT/health answers 200 within 3 s.
+`migrate` applies pending migrations once and exits (0 done or none pending, 1 failed),
+under the migration lock; it reads DATABASE_URL, MIGRATE_LOCK_TIMEOUT (default 5s) and
+MIGRATE_STATEMENT_TIMEOUT (default 5min), durations such as 500ms, 5s or 5min, 0 disables.
+`migrations` prints this binary's migrations as JSON lines (version, kind, description,
+checksum, no_transaction) and needs no database.";
 
 /// Configuration and usage errors, distinct from runtime failures (1).
 const EXIT_USAGE: u8 = 2;
@@ -24,6 +32,8 @@ fn main() -> ExitCode {
     match words.as_slice() {
         [] => serve(),
         ["healthcheck"] => timemanager_probe::run_healthcheck(config::probe_addr_from_env()),
+        ["migrate"] => migrate(),
+        ["migrations"] => timemanager_backend::migrations::print_list(),
         ["--version" | "-V"] => {
             println!("timemanager-backend {VERSION} ({REVISION})");
             ExitCode::SUCCESS
@@ -61,4 +71,26 @@ fn serve() -> ExitCode {
         }
     };
     runtime.block_on(timemanager_backend::run(config))
+}
+
+fn migrate() -> ExitCode {
+    let config = match MigrateConfig::from_env() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    // One connection, one task: no need for worker threads.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(timemanager_backend::migrations::migrate_command(config))
 }

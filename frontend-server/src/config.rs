@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
 
@@ -15,6 +16,18 @@ pub const APP_HOST: &str = "APP_HOST";
 pub const APP_PORT: &str = "APP_PORT";
 /// `tracing-subscriber` `EnvFilter` directives, e.g. `info` or `warn,timemanager_frontend_server=debug`.
 pub const RUST_LOG: &str = "RUST_LOG";
+/// Seconds `/health` answers 503 after SIGTERM/SIGINT before connections are refused.
+pub const SHUTDOWN_DRAIN_SECONDS: &str = "SHUTDOWN_DRAIN_SECONDS";
+
+/// Drain period when `SHUTDOWN_DRAIN_SECONDS` is unset: Traefik probes `/health` every
+/// 10 s (`loadbalancer.healthcheck.interval` in `docker-compose.prod.yml`), so the first
+/// 503 is seen at most 10 s after SIGTERM; 2 s more cover the probe's round trip and
+/// Traefik updating its routes. Keep it above that interval if the interval changes.
+pub const DEFAULT_SHUTDOWN_DRAIN: Duration = Duration::from_secs(12);
+
+/// Longest accepted drain: the container's stop timeout has to cover it, and a larger
+/// value is more likely milliseconds typed as seconds than a real wish.
+const MAX_SHUTDOWN_DRAIN_SECONDS: f64 = 300.0;
 
 const DEFAULT_STATIC_DIR: &str = "/app/public";
 const DEFAULT_HOST: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
@@ -32,6 +45,9 @@ pub struct Config {
     pub port: u16,
     /// Log filter directives (already validated).
     pub log_filter: String,
+    /// How long `/health` answers 503 after SIGTERM/SIGINT while everything else is
+    /// still served.
+    pub shutdown_drain: Duration,
 }
 
 /// A configuration variable with an unusable value.
@@ -132,11 +148,25 @@ impl Config {
             }
         };
 
+        let shutdown_drain = match get(SHUTDOWN_DRAIN_SECONDS) {
+            None => DEFAULT_SHUTDOWN_DRAIN,
+            Some(raw) => {
+                let expected = "a number of seconds from 0 to 300 such as 12 or 0.5";
+                let text = utf8(SHUTDOWN_DRAIN_SECONDS, raw, expected)?;
+                parse_drain_seconds(&text).ok_or_else(|| ConfigError {
+                    var: SHUTDOWN_DRAIN_SECONDS,
+                    value: text.clone(),
+                    expected: expected.to_owned(),
+                })?
+            }
+        };
+
         Ok(Self {
             static_dir,
             host,
             port,
             log_filter,
+            shutdown_drain,
         })
     }
 
@@ -165,6 +195,20 @@ impl Config {
     }
 }
 
+/// Parses a number of seconds such as `12` or `0.5`, from 0 to 300. Only digits and one
+/// dot are accepted: `f64` parsing alone would also take `inf`, `1e3` or `+5`.
+fn parse_drain_seconds(raw: &str) -> Option<Duration> {
+    let plain = !raw.is_empty()
+        && raw.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && raw.chars().filter(|&c| c == '.').count() <= 1;
+    match raw.parse::<f64>() {
+        Ok(seconds) if plain && (0.0..=MAX_SHUTDOWN_DRAIN_SECONDS).contains(&seconds) => {
+            Some(Duration::from_secs_f64(seconds))
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +229,7 @@ mod tests {
         assert_eq!(config.bind_addr(), "0.0.0.0:3000".parse().unwrap());
         assert_eq!(config.probe_addr(), "127.0.0.1:3000".parse().unwrap());
         assert_eq!(config.log_filter, "info");
+        assert_eq!(config.shutdown_drain, Duration::from_secs(12));
         assert_eq!(config.index_html(), PathBuf::from("/app/public/index.html"));
     }
 
@@ -195,6 +240,7 @@ mod tests {
             (APP_HOST, ""),
             (RUST_LOG, ""),
             (STATIC_DIR, ""),
+            (SHUTDOWN_DRAIN_SECONDS, ""),
         ]);
         assert_eq!(config.unwrap(), parse(&[]).unwrap());
     }
@@ -206,8 +252,16 @@ mod tests {
             (APP_HOST, "::"),
             (APP_PORT, "8080"),
             (RUST_LOG, "warn,timemanager_frontend_server=debug"),
+            (SHUTDOWN_DRAIN_SECONDS, "0.3"),
         ])
         .unwrap();
+        assert_eq!(config.shutdown_drain, Duration::from_millis(300));
+        assert_eq!(
+            parse(&[(SHUTDOWN_DRAIN_SECONDS, "0")])
+                .unwrap()
+                .shutdown_drain,
+            Duration::ZERO
+        );
         assert_eq!(config.bind_addr(), "[::]:8080".parse().unwrap());
         assert_eq!(config.probe_addr(), "[::1]:8080".parse().unwrap());
         assert_eq!(config.static_dir, PathBuf::from("/srv/www"));
@@ -226,6 +280,12 @@ mod tests {
             (APP_HOST, "localhost"),
             (APP_HOST, "1.2.3"),
             (RUST_LOG, "info,foo=loud"),
+            (SHUTDOWN_DRAIN_SECONDS, "abc"),
+            (SHUTDOWN_DRAIN_SECONDS, "-1"),
+            (SHUTDOWN_DRAIN_SECONDS, "300.5"),
+            (SHUTDOWN_DRAIN_SECONDS, "12s"),
+            (SHUTDOWN_DRAIN_SECONDS, "1e3"),
+            (SHUTDOWN_DRAIN_SECONDS, "inf"),
         ] {
             let err = parse(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var);

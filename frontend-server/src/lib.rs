@@ -1,15 +1,15 @@
 //! Static file server for the Time Manager SPA: replaces nginx in the scratch frontend image.
 //!
 //! [`app`] builds the whole HTTP behaviour as an axum [`Router`] (tested in-process);
-//! [`serve`] binds it and runs until a shutdown signal.
+//! [`serve`] binds it and runs until a shutdown signal, draining first ([`shutdown`]).
 
 pub mod config;
+pub mod shutdown;
 
-use std::future::{Future, IntoFuture as _};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
@@ -21,10 +21,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tower_http::services::{ServeDir, ServeFile};
 
 pub use config::{Config, ConfigError};
+pub use shutdown::{Drain, ShutdownSignal};
 
 /// URL prefix of Vite's content-hashed build output.
 const ASSETS_PREFIX: &str = "/assets";
@@ -53,12 +53,9 @@ const SECURITY_HEADERS: [(&str, &str); 5] = [
     ),
 ];
 
-/// How long in-flight requests may take to finish after SIGTERM/SIGINT; below Docker's
-/// default 10 s stop timeout so the process exits on its own before being killed.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
-
-/// Builds the router: `/health`, static files with SPA fallback, headers and access log.
-pub fn app(config: &Config) -> Router {
+/// Builds the router: `/health` (503 once `drain` has started), static files with SPA
+/// fallback, headers and access log.
+pub fn app(config: &Config, drain: &Drain) -> Router {
     let index = Arc::new(config.index_html());
     let index_file = ServeFile::new(index.as_path()).precompressed_gzip();
     let spa_fallback = {
@@ -72,8 +69,12 @@ pub fn app(config: &Config) -> Router {
         .precompressed_gzip()
         .fallback(spa_fallback.into_service());
 
+    let drain = drain.clone();
     Router::new()
-        .route("/health", get(move || health(Arc::clone(&index))))
+        .route(
+            "/health",
+            get(move || health(Arc::clone(&index), drain.clone())),
+        )
         .fallback_service(static_files)
         .layer(middleware::from_fn(set_response_headers))
         .layer(middleware::from_fn(log_request))
@@ -99,15 +100,12 @@ pub fn check_index(config: &Config) -> io::Result<()> {
     }
 }
 
-/// Checks `index.html`, binds the configured address and serves until `shutdown` resolves;
-/// connections still open [`SHUTDOWN_GRACE`] later are dropped.
+/// Checks `index.html`, binds the configured address and serves until `signal`, then
+/// drains for `config.shutdown_drain` and stops (see [`shutdown`]).
 ///
 /// # Errors
 /// `index.html` is unusable, binding fails, or the accept loop fails.
-pub async fn serve(
-    config: &Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> io::Result<()> {
+pub async fn serve(config: &Config, signal: ShutdownSignal) -> io::Result<()> {
     check_index(config)?;
     let addr = config.bind_addr();
     let listener = TcpListener::bind(addr)
@@ -118,23 +116,9 @@ pub async fn serve(
         static_dir = %config.static_dir.display(),
         "listening"
     );
-
-    let stopping = Arc::new(Notify::new());
-    let server = axum::serve(listener, app(config)).with_graceful_shutdown({
-        let stopping = Arc::clone(&stopping);
-        async move {
-            shutdown.await;
-            tracing::info!("shutdown requested, draining connections");
-            stopping.notify_one();
-        }
-    });
-    tokio::select! {
-        result = server.into_future() => result,
-        () = async { stopping.notified().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
-            tracing::warn!(grace_secs = SHUTDOWN_GRACE.as_secs(), "connections still open after grace period, closing");
-            Ok(())
-        }
-    }
+    let drain = Drain::default();
+    let router = app(config, &drain);
+    shutdown::serve_and_drain(listener, router, drain, config.shutdown_drain, signal).await
 }
 
 /// `true` for paths under Vite's hashed-asset directory.
@@ -158,9 +142,12 @@ async fn spa_fallback(mut index_file: ServeFile, index: Arc<PathBuf>, req: Reque
     }
 }
 
-/// `200 {"status":"ok"}` while `index.html` can be opened, `503` otherwise.
-async fn health(index: Arc<PathBuf>) -> Response {
-    let (status, body) = if index_readable(&index).await {
+/// `200 {"status":"ok"}` while `index.html` can be opened, `503` otherwise, and
+/// `503 {"status":"draining"}` after SIGTERM so the load balancer stops sending requests.
+async fn health(index: Arc<PathBuf>, drain: Drain) -> Response {
+    let (status, body) = if drain.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#)
+    } else if index_readable(&index).await {
         (StatusCode::OK, r#"{"status":"ok"}"#)
     } else {
         (

@@ -2,11 +2,12 @@
 
 use std::process::ExitCode;
 
-use timemanager_frontend_server::{Config, serve};
-use tokio::signal::unix::{SignalKind, signal};
+use timemanager_frontend_server::{Config, ShutdownSignal, serve};
 
 const USAGE: &str = "usage: timemanager-frontend-server [healthcheck]
-  (no argument)  serve $STATIC_DIR (default /app/public) on $APP_HOST:$APP_PORT (default 0.0.0.0:3000)
+  (no argument)  serve $STATIC_DIR (default /app/public) on $APP_HOST:$APP_PORT (default 0.0.0.0:3000);
+                 on SIGTERM/SIGINT /health answers 503 for $SHUTDOWN_DRAIN_SECONDS (default 12)
+                 while other requests are served, then in-flight requests finish and it exits
   healthcheck    exit 0 if http://127.0.0.1:$APP_PORT/health answers 200 within 3 s, else 1";
 
 /// Exit code for unusable configuration or command line.
@@ -62,8 +63,8 @@ fn run_server() -> ExitCode {
     let result = runtime.block_on(async {
         // Register handlers before serving: as PID 1 in a container, a signal without a
         // handler is ignored, and SIGTERM during start-up must not be lost either.
-        let shutdown = shutdown_signal()?;
-        serve(&config, shutdown).await
+        let signal = ShutdownSignal::register()?;
+        serve(&config, signal).await
     });
     match result {
         Ok(()) => {
@@ -88,17 +89,4 @@ fn init_logging(filter: &str) -> Result<(), Box<dyn std::error::Error + Send + S
         .with_env_filter(filter)
         .with_writer(std::io::stdout)
         .try_init()
-}
-
-/// Resolves on the first SIGTERM or SIGINT; the handlers are installed when this is called.
-fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        let name = tokio::select! {
-            _ = terminate.recv() => "SIGTERM",
-            _ = interrupt.recv() => "SIGINT",
-        };
-        tracing::info!(signal = name, "signal received");
-    })
 }

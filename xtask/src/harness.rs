@@ -2,7 +2,8 @@
 //! `dockerd` and PostgreSQL (`docker.rs`, `postgres.rs`), Debian's `docker-registry` with no
 //! auth, htpasswd or our token server (`registry.rs`, `token_server.rs`), a fault-injecting
 //! proxy (`fault_proxy.rs`), sshd (`sshd.rs`), all run as daemons through `daemon.rs`;
-//! small HTTP helpers (`http.rs`); and the deploy lab that e2e and bench share (`lab.rs`).
+//! small HTTP helpers (`http.rs`); the deploy lab that e2e and bench share (`lab.rs`), and
+//! its stand-ins for third-party images under their production names (`lab_images.rs`).
 
 pub(crate) mod daemon;
 pub(crate) mod docker;

@@ -13,6 +13,9 @@ use xshell::{Shell, cmd};
 use crate::pg::{Cluster, TestDb, free_port, wait_until};
 use crate::support::{BIN, Backend, http_get};
 
+/// A short drain, so tests that stop the server do not wait the production default.
+pub const SHORT_DRAIN: (&str, &str) = ("SHUTDOWN_DRAIN_SECONDS", "0.3");
+
 /// Runs the binary with exactly `env` and returns (exit code, stdout, stderr).
 async fn run_to_exit(env: &[(&str, &str)]) -> (Option<i32>, String, String) {
     let mut backend = Backend::spawn(env, &[]);
@@ -59,6 +62,17 @@ async fn config_errors_exit_2_with_one_line_naming_the_variable() {
     assert!(
         stderr.starts_with("error: CORS_ALLOWED_ORIGINS entry \"example.com\""),
         "{stderr}"
+    );
+
+    let (code, _, stderr) = run_to_exit(&[
+        ("DATABASE_URL", "postgres://u@h/db"),
+        ("SHUTDOWN_DRAIN_SECONDS", "12s"),
+    ])
+    .await;
+    assert_eq!(code, Some(2));
+    assert_eq!(
+        stderr,
+        "error: SHUTDOWN_DRAIN_SECONDS must be a number of seconds from 0 to 300 such as 12 or 0.5, got \"12s\"\n"
     );
 
     let sh = Shell::new().unwrap();
@@ -113,7 +127,7 @@ async fn backend_reports_503_while_postgres_is_down_and_recovers_without_restart
     // A private cluster: this test stops and restarts it.
     let cluster = Arc::new(Cluster::start());
     let db = TestDb::on_cluster(cluster.clone()).await;
-    let mut backend = Backend::start(&db.url, &[]).await;
+    let mut backend = Backend::start(&db.url, &[SHORT_DRAIN]).await;
     let client = reqwest::Client::new();
     let health = format!("{}/health", backend.base_url());
 
@@ -165,6 +179,8 @@ async fn backend_reports_503_while_postgres_is_down_and_recovers_without_restart
     assert!(backend.wait_exit(Duration::from_secs(15)).await.success());
 }
 
+/// The request is held open (its body half sent) through the whole drain, so this is
+/// also "a request longer than the drain period still finishes".
 #[tokio::test]
 async fn sigterm_finishes_in_flight_request_refuses_new_connections_and_exits_0() {
     let db = TestDb::empty().await;
@@ -175,7 +191,7 @@ async fn sigterm_finishes_in_flight_request_refuses_new_connections_and_exits_0(
         "postgres://postgres:Pa55-never-logged@",
         1,
     );
-    let mut backend = Backend::start(&url, &[]).await;
+    let mut backend = Backend::start(&url, &[SHORT_DRAIN]).await;
     let client = reqwest::Client::new();
     let health = format!("{}/health", backend.base_url());
     wait_until("backend healthy", Duration::from_secs(20), || async {
@@ -205,8 +221,10 @@ async fn sigterm_finishes_in_flight_request_refuses_new_connections_and_exits_0(
     stream.write_all(first).unwrap();
     stream.flush().unwrap();
 
+    // Taken before the signal is sent, so durations measured from it are upper bounds.
+    let signalled = Instant::now();
     backend.terminate();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = signalled + Duration::from_secs(10);
     loop {
         match TcpStream::connect(("127.0.0.1", backend.port)) {
             Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => break,
@@ -225,6 +243,12 @@ async fn sigterm_finishes_in_flight_request_refuses_new_connections_and_exits_0(
             }
         }
     }
+    // Connections are accepted for the whole drain period, refused only after it.
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(300),
+        "refused connections {:?} after SIGTERM, before the drain was over",
+        signalled.elapsed()
+    );
     assert!(
         matches!(backend.child.try_wait(), Ok(None)),
         "exited before finishing the request"
@@ -308,6 +332,7 @@ async fn traces_are_exported_over_otlp_http_and_join_incoming_traces() {
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_SERVICE_NAME", "tm-otel-test"),
+            SHORT_DRAIN,
         ],
     )
     .await;

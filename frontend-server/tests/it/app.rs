@@ -3,6 +3,7 @@
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use axum::response::Response;
+use timemanager_frontend_server::Drain;
 use tower::ServiceExt as _;
 
 use crate::fixture::{ASSET_JS, ASSET_JS_GZ, ASSET_PATH, INDEX_HTML, SECRET, Site};
@@ -11,7 +12,7 @@ const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; font-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'";
 
 async fn send(site: &Site, request: Request<Body>) -> (Response, Bytes) {
-    let response = timemanager_frontend_server::app(&site.config())
+    let response = timemanager_frontend_server::app(&site.config(), &Drain::default())
         .oneshot(request)
         .await
         .unwrap();
@@ -272,4 +273,31 @@ async fn path_traversal_does_not_escape_static_dir() {
             response.status()
         );
     }
+}
+
+#[tokio::test]
+async fn health_is_503_draining_once_the_drain_started_while_files_are_still_served() {
+    let site = Site::new();
+    let drain = Drain::default();
+    let app = timemanager_frontend_server::app(&site.config(), &drain);
+    let health = || Request::get("/health").body(Body::empty()).unwrap();
+    assert_eq!(
+        app.clone().oneshot(health()).await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    drain.start();
+    let response = app.clone().oneshot(health()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_security_headers(&response);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 10)
+        .await
+        .unwrap();
+    assert_eq!(body.as_ref(), br#"{"status":"draining"}"#);
+
+    let page = app
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
 }

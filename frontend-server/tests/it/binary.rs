@@ -14,8 +14,10 @@ use crate::fixture::Site;
 
 const BIN: &str = env!("CARGO_BIN_EXE_timemanager-frontend-server");
 /// Upper bound for any single wait (start-up, exit, a log line).
-const WAIT: Duration = Duration::from_secs(15);
+pub const WAIT: Duration = Duration::from_secs(15);
 const POLL: Duration = Duration::from_millis(25);
+/// A short drain, so tests that stop the server do not wait the production default.
+pub const SHORT_DRAIN: (&str, &str) = ("SHUTDOWN_DRAIN_SECONDS", "0.3");
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -35,7 +37,7 @@ fn binary<'a>(sh: &'a Shell, args: &[&str], vars: &[(&str, &str)]) -> Cmd<'a> {
 }
 
 /// Waits for `child` to exit, killing it and failing after `timeout`.
-fn wait_bounded(child: &mut Child, timeout: Duration) -> ExitStatus {
+pub fn wait_bounded(child: &mut Child, timeout: Duration) -> ExitStatus {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -78,23 +80,31 @@ fn healthcheck(sh: &Shell, port: u16) -> (i32, String) {
 }
 
 /// A running server on a free loopback port, killed on drop.
-struct Server {
-    child: Child,
-    port: u16,
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
     stdout: Receiver<String>,
 }
 
 impl Server {
-    fn start(sh: &Shell, site: &Site) -> Self {
+    /// Starts with [`SHORT_DRAIN`].
+    pub fn start(sh: &Shell, site: &Site) -> Self {
+        Self::start_with(sh, site, &[SHORT_DRAIN])
+    }
+
+    /// Starts with `extra` variables on top of the site, address and log level.
+    pub fn start_with(sh: &Shell, site: &Site, extra: &[(&str, &str)]) -> Self {
         // A free port can be taken by someone else before the server binds it: retry.
         for _ in 0..3 {
             let port = free_port();
-            let vars = [
+            let port_text = port.to_string();
+            let mut vars = vec![
                 ("STATIC_DIR", site.path().to_str().unwrap()),
                 ("APP_HOST", "127.0.0.1"),
-                ("APP_PORT", &port.to_string()),
+                ("APP_PORT", &port_text),
                 ("RUST_LOG", "info"),
             ];
+            vars.extend_from_slice(extra);
             let mut child = Command::from(binary(sh, &[], &vars))
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -140,13 +150,13 @@ impl Server {
         panic!("server not listening within {WAIT:?}");
     }
 
-    fn signal(&self, sh: &Shell, signal: &str) {
+    pub fn signal(&self, sh: &Shell, signal: &str) {
         let pid = self.child.id().to_string();
         cmd!(sh, "kill -{signal} {pid}").quiet().run().unwrap();
     }
 
     /// Next JSON log line satisfying `accept`, waiting at most `WAIT`.
-    fn log_line(&self, accept: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub fn log_line(&self, accept: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
         let deadline = Instant::now() + WAIT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -275,6 +285,7 @@ fn bad_configuration_exits_2_naming_the_variable() {
         ("APP_PORT", "0"),
         ("APP_HOST", "not-an-ip"),
         ("RUST_LOG", "info,frontend=loud"),
+        ("SHUTDOWN_DRAIN_SECONDS", "12s"),
     ] {
         let output = run_bounded(binary(
             &sh,

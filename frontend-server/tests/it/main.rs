@@ -7,4 +7,5 @@
 
 mod app;
 mod binary;
+mod drain;
 mod fixture;

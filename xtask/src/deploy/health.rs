@@ -245,7 +245,7 @@ impl Resolver for PinnedResolver {
     }
 }
 
-/// GET `url`: the status and the start of the body, or why there was none.
+/// GET `url`: the status and the body, or why there were none.
 pub(crate) fn get(url: &str, reach: &Reach) -> anyhow::Result<(u16, String)> {
     let mut config = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -274,13 +274,15 @@ pub(crate) fn get(url: &str, reach: &Reach) -> anyhow::Result<(u16, String)> {
         .call()
         .map_err(|err| anyhow::format_err!("{err}"))?;
     let status = res.status().as_u16();
-    // The health JSON is a few dozen bytes; anything else only needs its start in a message.
+    // The health JSON is a few dozen bytes, the SPA's index.html a few kilobytes.
     let body = res
         .body_mut()
         .with_config()
-        .limit(64 * 1024)
+        .limit(1024 * 1024)
         .read_to_string()
-        .unwrap_or_default();
+        .map_err(|err| {
+            anyhow::format_err!("answered {status}, but reading the body failed: {err}")
+        })?;
     Ok((status, body))
 }
 

@@ -129,12 +129,14 @@ impl Server {
 pub(crate) struct Lab {
     root: PathBuf,
     secrets: Vec<(&'static str, String)>,
+    /// The scratch clone releases are built from, and its own target directory.
     pub(crate) clone: PathBuf,
     pub(crate) target: PathBuf,
     /// `SOURCE_DATE_EPOCH` of every build: see [`Lab::build`].
     epoch: String,
     /// Set while a deploy or rollback runs: the argv scanner looks only then.
     pub(crate) running: Arc<AtomicBool>,
+    /// Leave the server directories on drop, for inspection.
     pub(crate) keep: bool,
     /// The stand-ins for the third-party images, as built or found in the cache.
     pub(crate) images: Vec<LabImage>,

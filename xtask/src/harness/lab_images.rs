@@ -58,6 +58,7 @@ pub(crate) struct LabImage {
     /// Docker's image id.
     pub(crate) id: String,
     /// Neither built nor loaded: the engine already had this exact image.
+    #[allow(dead_code, reason = "read by the e2e's report, which lands separately")]
     pub(crate) cached: bool,
     /// Seconds spent building and loading (zero when cached).
     pub(crate) build_secs: f64,
@@ -82,12 +83,15 @@ pub(crate) fn ensure_lab_images(sh: &Shell, set: LabImageSet) -> anyhow::Result<
     };
     let mut acc = Vec::new();
     for &kind in kinds {
-        let image = ensure_image(sh, &lab, &store, kind)
+        let (image, how) = ensure_image(sh, &lab, &store, kind)
             .with_context(|| format!("lab image `{}`", kind.reference()))?;
-        let how = if image.cached {
-            "cached".to_owned()
-        } else {
-            format!("built and loaded in {:.1} s", image.build_secs)
+        let how = match how {
+            How::Cached => "cached".to_owned(),
+            How::Reloaded => format!(
+                "loaded from the cached archive in {:.1} s",
+                image.build_secs
+            ),
+            How::Built => format!("built and loaded in {:.1} s", image.build_secs),
         };
         eprintln!(
             "lab image {}: {how} ({}, {} MB)",
@@ -261,7 +265,19 @@ fn lab_dir() -> PathBuf {
     project::target_dir().join("lab")
 }
 
-fn ensure_image(sh: &Shell, lab: &Path, store: &Store, kind: Kind) -> anyhow::Result<LabImage> {
+/// What `ensure_image` had to do.
+enum How {
+    Cached,
+    Reloaded,
+    Built,
+}
+
+fn ensure_image(
+    sh: &Shell,
+    lab: &Path,
+    store: &Store,
+    kind: Kind,
+) -> anyhow::Result<(LabImage, How)> {
     let start = Instant::now();
     let inputs = inputs(sh, lab, kind)?;
     let record_path = store.root.join(format!("{}.key", kind.name()));
@@ -275,17 +291,19 @@ fn ensure_image(sh: &Shell, lab: &Path, store: &Store, kind: Kind) -> anyhow::Re
             if let Some((id, size_bytes)) = inspect(sh, kind.reference())
                 && id == record.id
             {
-                return Ok(LabImage {
+                let image = LabImage {
                     reference: kind.reference().to_owned(),
                     id,
                     cached: true,
                     build_secs: 0.0,
                     size_bytes,
-                });
+                };
+                return Ok((image, How::Cached));
             }
             if archive.is_file() {
                 // Same inputs, but the engine lost the image (or has another one by that name).
-                return load(sh, kind, &archive, &[&record.id], start);
+                let image = load(sh, kind, &archive, &[&record.id], start)?;
+                return Ok((image, How::Reloaded));
             }
         }
     }
@@ -310,7 +328,7 @@ fn ensure_image(sh: &Shell, lab: &Path, store: &Store, kind: Kind) -> anyhow::Re
     };
     fs::write(&record_path, record.render())
         .with_context(|| format!("writing `{}`", record_path.display()))?;
-    Ok(image)
+    Ok((image, How::Built))
 }
 
 fn load(
@@ -1069,6 +1087,13 @@ fn check_postgres(sh: &Shell, scratch: &Scratch<'_>) -> anyhow::Result<()> {
         "postgres stand-in: first start on an empty volume ready in {:.1} s",
         start.elapsed().as_secs_f64()
     );
+
+    // The server (PID 1 after the entrypoint's exec) must run as 70, never as root.
+    let script = "s/^Uid:[[:space:]]*//p";
+    let uids = cmd!(sh, "docker exec {server} sed -n {script} /proc/1/status").read()?;
+    if uids.split_whitespace().next() != Some("70") {
+        bail!("the server runs as uid {uids:?}, not 70");
+    }
 
     let sql = "CREATE TABLE lab_check (note text); INSERT INTO lab_check VALUES ('kept');";
     psql(sh, scratch, &password, sql)

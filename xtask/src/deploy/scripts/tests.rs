@@ -641,10 +641,18 @@ fn facts_are_read_from_their_lines_only() {
 }
 
 /// `TM_COMPOSE` picks compose v1 or v2 even when the server has both; by default v2 wins.
+/// Every script that runs compose (pull, start, status) runs the chosen one.
 #[test]
 fn the_forced_compose_runs_every_compose_command() {
     let base = temp_base("compose-choice");
     std::fs::create_dir_all(base.join("releases/abc1234")).unwrap();
+    std::fs::write(base.join("releases/abc1234/docker-compose.prod.yml"), "").unwrap();
+    std::os::unix::fs::symlink("releases/abc1234", base.join("current")).unwrap();
+    std::os::unix::fs::symlink(
+        "current/docker-compose.prod.yml",
+        base.join("docker-compose.prod.yml"),
+    )
+    .unwrap();
     for (choice, shown, call) in [
         (
             ComposeChoice::Detect,
@@ -675,13 +683,29 @@ fn the_forced_compose_runs_every_compose_command() {
             out.stdout
         );
         let held = hold_lock(&r.lock("tester")).unwrap();
-        let out = fake.run(&r.pull("abc1234", "ghcr.io", None, &images()));
+        for script in [
+            r.pull("abc1234", "ghcr.io", None, &images()),
+            r.start(&["monitoring".to_owned()]),
+            r.status(),
+        ] {
+            let out = fake.run(&script);
+            assert!(out.ok, "{choice:?}: {}", out.stderr);
+        }
         drop(held);
-        assert!(out.ok, "{choice:?}: {}", out.stderr);
         let calls = fake.calls();
-        let pulls: Vec<&str> = calls.lines().filter(|l| l.contains(" pull ")).collect();
-        assert_eq!(pulls.len(), 1, "{choice:?}: {calls}");
-        assert!(pulls[0].starts_with(call), "{choice:?}: {calls}");
+        let compose_calls: Vec<&str> = calls
+            .lines()
+            .filter(|l| l.contains(" -p timemanager "))
+            .collect();
+        // pull; up; ps.
+        assert_eq!(compose_calls.len(), 3, "{choice:?}: {calls}");
+        for line in compose_calls {
+            assert!(line.starts_with(call), "{choice:?}: {calls}");
+        }
+        assert!(
+            calls.contains(" --profile monitoring up -d --remove-orphans\n"),
+            "{calls}"
+        );
     }
     std::fs::remove_dir_all(base.parent().unwrap()).unwrap();
 }
