@@ -186,6 +186,8 @@ impl Lab {
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(&root)?;
         fs::set_permissions(&root, fs::Permissions::from_mode(0o700))?;
+        // The server's /opt: each server directory under it is made by its first deploy.
+        fs::create_dir_all(root.join("opt"))?;
         let engine = docker::engine(sh, &root.join("dockerd"))?;
         claim_project(sh)?;
         ports_free()?;
