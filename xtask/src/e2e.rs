@@ -66,7 +66,7 @@ impl flags::E2e {
                 "containers of the `timemanager` project left behind: {containers:?}"
             );
             ensure!(
-                stack::volume_created(sh).is_err(),
+                !stack::volume_exists(sh),
                 "the volume {} was left behind",
                 stack::POSTGRES_VOLUME
             );
@@ -151,11 +151,11 @@ fn lab_images(lab: &Lab) -> String {
     )
 }
 
-/// What every later step expects to find: data written in release A, and the volume it
-/// lives in.
+/// What every later step expects to find: data written in release A, and the PostgreSQL
+/// cluster (in its volume) it lives in.
 struct Data {
     user_id: i64,
-    volume_created: String,
+    cluster: String,
 }
 
 /// What the numbered steps share: the lab, the timed steps, every run's output (the last step
@@ -190,7 +190,7 @@ impl Scenario<'_> {
         let user_id = self
             .steps
             .run("1. data through Traefik", stack::create_data)?;
-        let volume_created = stack::postgres_volume(sh)?;
+        let cluster = stack::postgres_cluster(sh)?;
         let env_file = server.base.join("releases").join(&a.tag).join(".env");
         let mode = fs::metadata(&env_file)?.permissions().mode() & 0o777;
         ensure!(mode == 0o600, "{} has mode {mode:o}", env_file.display());
@@ -201,13 +201,7 @@ impl Scenario<'_> {
             format_duration(out.elapsed),
             stack::POSTGRES_VOLUME,
         );
-        Ok((
-            line,
-            Data {
-                user_id,
-                volume_created,
-            },
-        ))
+        Ok((line, Data { user_id, cluster }))
     }
 
     /// Step 2, release B: a real code change and a changed Traefik file, same data.
@@ -278,16 +272,16 @@ impl Scenario<'_> {
         let rows = stack::users_in_database(sh)?;
         ensure!(rows == 1, "psql finds {rows} rows of the e2e user");
         ensure!(
-            stack::postgres_volume(sh)? == data.volume_created,
-            "{} was recreated",
+            stack::postgres_cluster(sh)? == data.cluster,
+            "the database in {} is another cluster",
             stack::POSTGRES_VOLUME
         );
         Ok(format!(
-            "4. `docker restart timemanager-postgres`: {}, health JSON ok again after {}; data kept, in the database (psql) and in the same volume {} (created {})",
+            "4. `docker restart timemanager-postgres`: {}, health JSON ok again after {}; data kept, in the database (psql) and in the same cluster {} of the volume {}",
             format_duration(restart),
             format_duration(healthy),
+            data.cluster,
             stack::POSTGRES_VOLUME,
-            data.volume_created.trim()
         ))
     }
 
@@ -467,7 +461,7 @@ impl Scenario<'_> {
             anyhow::Ok(start.elapsed())
         })?;
         ensure!(
-            stack::volume_created(sh)? == data.volume_created,
+            stack::volume_exists(sh),
             "`down` without --volumes lost {}",
             stack::POSTGRES_VOLUME
         );
@@ -510,12 +504,12 @@ impl Scenario<'_> {
         );
         stack::check_data(data.user_id)?;
         ensure!(
-            stack::postgres_volume(sh)? == data.volume_created,
-            "{} was recreated",
+            stack::postgres_cluster(sh)? == data.cluster,
+            "the database in {} is another cluster after the switch to compose v1",
             stack::POSTGRES_VOLUME
         );
         Ok(format!(
-            "8. compose v1 (containers by compose {made_by}): v2 stack down in {}, volume kept; deploy {}, rollback to A {}; step 1's data still there, same volume",
+            "8. compose v1 (containers by compose {made_by}): v2 stack down in {}, volume kept; deploy {}, rollback to A {}; step 1's data still there, same cluster in the same volume",
             format_duration(down),
             times.join(", "),
             format_duration(out.elapsed)

@@ -176,8 +176,9 @@ pub(crate) fn check_data(id: i64) -> anyhow::Result<()> {
 }
 
 /// The PostgreSQL container stores its data in the project's named volume: returns the
-/// volume's creation time, which stays the same as long as the data is the same volume's.
-pub(crate) fn postgres_volume(sh: &Shell) -> anyhow::Result<String> {
+/// cluster's system identifier (`pg_control_system()`), which `initdb` draws once per data
+/// directory, so an unchanged identifier means the data is still that volume's.
+pub(crate) fn postgres_cluster(sh: &Shell) -> anyhow::Result<String> {
     let format = "{{range .Mounts}}{{.Name}}:{{.Destination}} {{end}}";
     let mounts = cmd!(sh, "docker inspect --format {format} timemanager-postgres")
         .quiet()
@@ -188,33 +189,35 @@ pub(crate) fn postgres_volume(sh: &Shell) -> anyhow::Result<String> {
         "timemanager-postgres mounts `{}`, expected {expected}",
         mounts.trim()
     );
-    volume_created(sh)
+    psql(sh, "SELECT system_identifier FROM pg_control_system()")
 }
 
-/// When the PostgreSQL volume was created (`docker volume inspect`).
-pub(crate) fn volume_created(sh: &Shell) -> anyhow::Result<String> {
-    let format = "{{.CreatedAt}}";
-    cmd!(
-        sh,
-        "docker volume inspect --format {format} {POSTGRES_VOLUME}"
-    )
-    .quiet()
-    .read()
-    .with_context(|| format!("the volume {POSTGRES_VOLUME} is gone"))
+/// Whether the PostgreSQL volume exists (`docker volume inspect`).
+pub(crate) fn volume_exists(sh: &Shell) -> bool {
+    cmd!(sh, "docker volume inspect {POSTGRES_VOLUME}")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run()
+        .is_ok()
 }
 
-/// The rows of the e2e's user in the database itself, read with `psql` inside the container.
-pub(crate) fn users_in_database(sh: &Shell) -> anyhow::Result<u32> {
-    let query = "SELECT count(*) FROM users WHERE username = 'e2e-user'";
+/// One value from `psql` inside the PostgreSQL container (as its user, over its socket).
+fn psql(sh: &Shell, query: &str) -> anyhow::Result<String> {
     let out = cmd!(
         sh,
         "docker exec timemanager-postgres psql -U timemanager -d timemanager -tAc {query}"
     )
     .quiet()
-    .read()?;
-    out.trim()
-        .parse()
-        .with_context(|| format!("psql printed `{out}`"))
+    .read()
+    .with_context(|| format!("psql `{query}` in timemanager-postgres"))?;
+    Ok(out.trim().to_owned())
+}
+
+/// The rows of the e2e's user in the database itself, read with `psql` inside the container.
+pub(crate) fn users_in_database(sh: &Shell) -> anyhow::Result<u32> {
+    let out = psql(sh, "SELECT count(*) FROM users WHERE username = 'e2e-user'")?;
+    out.parse().with_context(|| format!("psql printed `{out}`"))
 }
 
 /// Waits until the health URL answers the backend's JSON with `"status":"ok"`.
