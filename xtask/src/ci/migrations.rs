@@ -46,13 +46,15 @@ pub(crate) fn check(sh: &Shell) -> anyhow::Result<()> {
         &root.join(CONFIG_FILE),
         &root.join(MIGRATIONS_DIR),
     )?;
+    let width = linted.iter().map(|file| file.name.len()).max().unwrap_or(0);
     for file in &linted {
         let verdict = match &file.verdict {
             Verdict::Passed => "ok".to_owned(),
             Verdict::Skipped(reason) => format!("skipped: {reason}"),
+            Verdict::Failed(problems) if problems.len() == 1 => "FAILED (1 problem)".to_owned(),
             Verdict::Failed(problems) => format!("FAILED ({} problems)", problems.len()),
         };
-        eprintln!("  {:<8}  {}  {verdict}", file.kind, file.name);
+        eprintln!("  {:<8}  {:<width$}  {verdict}", file.kind, file.name);
     }
     let problems: Vec<&str> = linted
         .iter()
@@ -384,7 +386,7 @@ impl Violation {
         format!(
             "{name}:{}: {rule}: {}{help}; {what_to_do}",
             self.line + 1,
-            self.message
+            self.message.trim_end_matches('.')
         )
     }
 }
