@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use axum::http::HeaderValue;
 use sqlx::postgres::PgConnectOptions;
+use timemanager_shutdown::{DEFAULT_SHUTDOWN_DRAIN, InvalidDrainSeconds, parse_drain_seconds};
 
 use crate::migrations::Timeouts;
 
@@ -15,16 +16,6 @@ const DEFAULT_PORT: u16 = 8080;
 
 /// Service name reported to the trace backend when `OTEL_SERVICE_NAME` is unset.
 pub const DEFAULT_SERVICE_NAME: &str = "timemanager-backend";
-
-/// Drain period when `SHUTDOWN_DRAIN_SECONDS` is unset: Traefik probes `/health` every
-/// 10 s (`loadbalancer.healthcheck.interval` in `docker-compose.prod.yml`), so the first
-/// 503 is seen at most 10 s after SIGTERM; 2 s more cover the probe's round trip and
-/// Traefik updating its routes. Keep it above that interval if the interval changes.
-pub const DEFAULT_SHUTDOWN_DRAIN: Duration = Duration::from_secs(12);
-
-/// Longest accepted drain: the container's stop timeout has to cover it, and a larger
-/// value is more likely milliseconds typed as seconds than a real wish.
-const MAX_SHUTDOWN_DRAIN_SECONDS: f64 = 300.0;
 
 /// Everything the server needs to start, already validated.
 #[derive(Clone)]
@@ -180,8 +171,16 @@ impl Config {
 
         let shutdown_drain = match get("SHUTDOWN_DRAIN_SECONDS")? {
             None => DEFAULT_SHUTDOWN_DRAIN,
-            Some(raw) => parse_drain_seconds(&raw)
-                .map_err(|problem| invalid("SHUTDOWN_DRAIN_SECONDS", problem))?,
+            Some(raw) => parse_drain_seconds(&raw).map_err(|_| {
+                invalid(
+                    "SHUTDOWN_DRAIN_SECONDS",
+                    format!(
+                        "must be {}, got {}",
+                        InvalidDrainSeconds::EXPECTED,
+                        quoted(&raw)
+                    ),
+                )
+            })?,
         };
 
         Ok(Self {
@@ -218,23 +217,6 @@ pub fn parse_port(raw: &str) -> Result<u16, String> {
         Ok(port) if port != 0 => Ok(port),
         _ => Err(format!(
             "must be a port number (1-65535), got {}",
-            quoted(raw)
-        )),
-    }
-}
-
-/// Parses a number of seconds such as `12` or `0.5`, from 0 to 300. Only digits and one
-/// dot are accepted: `f64` parsing alone would also take `inf`, `1e3` or `+5`.
-fn parse_drain_seconds(raw: &str) -> Result<Duration, String> {
-    let plain = !raw.is_empty()
-        && raw.chars().all(|c| c.is_ascii_digit() || c == '.')
-        && raw.chars().filter(|&c| c == '.').count() <= 1;
-    match raw.parse::<f64>() {
-        Ok(seconds) if plain && (0.0..=MAX_SHUTDOWN_DRAIN_SECONDS).contains(&seconds) => {
-            Ok(Duration::from_secs_f64(seconds))
-        }
-        _ => Err(format!(
-            "must be a number of seconds from 0 to 300 such as 12 or 0.5, got {}",
             quoted(raw)
         )),
     }

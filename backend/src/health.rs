@@ -25,7 +25,7 @@ pub struct Health {
 
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     // After SIGTERM: tell the load balancer to stop sending requests here, however
-    // healthy the database is (see `crate::shutdown`).
+    // healthy the database is (see `timemanager_shutdown`).
     if state.drain.is_draining() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,

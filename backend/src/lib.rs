@@ -7,7 +7,6 @@ pub mod extract;
 pub mod health;
 pub mod metrics;
 pub mod migrations;
-pub mod shutdown;
 pub mod telemetry;
 pub mod users;
 
@@ -23,6 +22,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection as _, PgPool};
+use timemanager_shutdown::{Drain, ShutdownSignal, serve_and_drain};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -31,7 +31,6 @@ use crate::config::{Config, CorsOrigins};
 use crate::error::{error_chain, json_error};
 use crate::metrics::Metrics;
 pub use crate::migrations::MIGRATOR;
-use crate::shutdown::{Drain, ShutdownSignal, serve_and_drain};
 
 /// Crate version, reported by `/health` and `build_info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -56,7 +55,7 @@ pub struct AppState {
     pub pool: PgPool,
     pub metrics: Arc<Metrics>,
     pub cors: CorsOrigins,
-    /// Set on SIGTERM/SIGINT: `/health` then answers 503 (see [`shutdown`]).
+    /// Set on SIGTERM/SIGINT: `/health` then answers 503 (see [`timemanager_shutdown`]).
     pub drain: Drain,
 }
 
@@ -250,7 +249,14 @@ async fn serve(config: Config) -> ExitCode {
 
     let state = AppState::new(pool.clone()).with_cors(config.cors);
     let drain = state.drain.clone();
-    let code = serve_and_drain(listener, app(state), drain, config.shutdown_drain, shutdown).await;
+    let code =
+        match serve_and_drain(listener, app(state), drain, config.shutdown_drain, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                tracing::error!(error = %err, "server failed");
+                ExitCode::FAILURE
+            }
+        };
     // close() waits for checked-out connections; bound it in case the grace period
     // expired with handlers still holding some.
     if tokio::time::timeout(Duration::from_secs(5), pool.close())

@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use timemanager_shutdown::{DEFAULT_SHUTDOWN_DRAIN, InvalidDrainSeconds, parse_drain_seconds};
 use tracing_subscriber::EnvFilter;
 
 /// Directory holding the built SPA (`index.html` plus `assets/`).
@@ -18,16 +19,6 @@ pub const APP_PORT: &str = "APP_PORT";
 pub const RUST_LOG: &str = "RUST_LOG";
 /// Seconds `/health` answers 503 after SIGTERM/SIGINT before connections are refused.
 pub const SHUTDOWN_DRAIN_SECONDS: &str = "SHUTDOWN_DRAIN_SECONDS";
-
-/// Drain period when `SHUTDOWN_DRAIN_SECONDS` is unset: Traefik probes `/health` every
-/// 10 s (`loadbalancer.healthcheck.interval` in `docker-compose.prod.yml`), so the first
-/// 503 is seen at most 10 s after SIGTERM; 2 s more cover the probe's round trip and
-/// Traefik updating its routes. Keep it above that interval if the interval changes.
-pub const DEFAULT_SHUTDOWN_DRAIN: Duration = Duration::from_secs(12);
-
-/// Longest accepted drain: the container's stop timeout has to cover it, and a larger
-/// value is more likely milliseconds typed as seconds than a real wish.
-const MAX_SHUTDOWN_DRAIN_SECONDS: f64 = 300.0;
 
 const DEFAULT_STATIC_DIR: &str = "/app/public";
 const DEFAULT_HOST: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
@@ -151,9 +142,9 @@ impl Config {
         let shutdown_drain = match get(SHUTDOWN_DRAIN_SECONDS) {
             None => DEFAULT_SHUTDOWN_DRAIN,
             Some(raw) => {
-                let expected = "a number of seconds from 0 to 300 such as 12 or 0.5";
+                let expected = InvalidDrainSeconds::EXPECTED;
                 let text = utf8(SHUTDOWN_DRAIN_SECONDS, raw, expected)?;
-                parse_drain_seconds(&text).ok_or_else(|| ConfigError {
+                parse_drain_seconds(&text).map_err(|_| ConfigError {
                     var: SHUTDOWN_DRAIN_SECONDS,
                     value: text.clone(),
                     expected: expected.to_owned(),
@@ -192,20 +183,6 @@ impl Config {
             ip => ip,
         };
         SocketAddr::new(ip, self.port)
-    }
-}
-
-/// Parses a number of seconds such as `12` or `0.5`, from 0 to 300. Only digits and one
-/// dot are accepted: `f64` parsing alone would also take `inf`, `1e3` or `+5`.
-fn parse_drain_seconds(raw: &str) -> Option<Duration> {
-    let plain = !raw.is_empty()
-        && raw.chars().all(|c| c.is_ascii_digit() || c == '.')
-        && raw.chars().filter(|&c| c == '.').count() <= 1;
-    match raw.parse::<f64>() {
-        Ok(seconds) if plain && (0.0..=MAX_SHUTDOWN_DRAIN_SECONDS).contains(&seconds) => {
-            Some(Duration::from_secs_f64(seconds))
-        }
-        _ => None,
     }
 }
 

@@ -1,10 +1,9 @@
 //! Static file server for the Time Manager SPA: replaces nginx in the scratch frontend image.
 //!
 //! [`app`] builds the whole HTTP behaviour as an axum [`Router`] (tested in-process);
-//! [`serve`] binds it and runs until a shutdown signal, draining first ([`shutdown`]).
+//! [`serve`] binds it and runs until a shutdown signal, draining first ([`timemanager_shutdown`]).
 
 pub mod config;
-pub mod shutdown;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -24,7 +23,7 @@ use tokio::net::TcpListener;
 use tower_http::services::{ServeDir, ServeFile};
 
 pub use config::{Config, ConfigError};
-pub use shutdown::{Drain, ShutdownSignal};
+pub use timemanager_shutdown::{Drain, ShutdownSignal};
 
 /// URL prefix of Vite's content-hashed build output.
 const ASSETS_PREFIX: &str = "/assets";
@@ -101,7 +100,7 @@ pub fn check_index(config: &Config) -> io::Result<()> {
 }
 
 /// Checks `index.html`, binds the configured address and serves until `signal`, then
-/// drains for `config.shutdown_drain` and stops (see [`shutdown`]).
+/// drains for `config.shutdown_drain` and stops (see [`timemanager_shutdown`]).
 ///
 /// # Errors
 /// `index.html` is unusable, binding fails, or the accept loop fails.
@@ -118,7 +117,8 @@ pub async fn serve(config: &Config, signal: ShutdownSignal) -> io::Result<()> {
     );
     let drain = Drain::default();
     let router = app(config, &drain);
-    shutdown::serve_and_drain(listener, router, drain, config.shutdown_drain, signal).await
+    timemanager_shutdown::serve_and_drain(listener, router, drain, config.shutdown_drain, signal)
+        .await
 }
 
 /// `true` for paths under Vite's hashed-asset directory.

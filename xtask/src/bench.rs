@@ -23,6 +23,7 @@ impl flags::Bench {
             flags::BenchWhat::Build => bench_build(sh, self.runs),
             flags::BenchWhat::Push => bench_push(sh, self.runs),
             flags::BenchWhat::Deploy => bench_deploy(sh, self.runs),
+            flags::BenchWhat::Xtask => bench_xtask(sh, self.runs, self.rev.as_deref()),
         }
     }
 }
@@ -130,6 +131,70 @@ fn build_once(sh: &Shell, clone: &Path, target: &Path) -> anyhow::Result<Sample>
             })
             .collect(),
     })
+}
+
+/// How long `cargo xtask` takes to compile before any command runs: a cold `cargo build -p
+/// xtask` in a scratch clone with an empty target directory, then a one-line edit of one
+/// module (the rebuild every change to the xtask pays). `rev` measures an older commit the
+/// same way, for before/after tables.
+fn bench_xtask(sh: &Shell, runs: usize, rev: Option<&str>) -> anyhow::Result<()> {
+    let dir = project::target_dir().join("bench-xtask");
+    let clone = dir.join("clone");
+    let target = dir.join("target");
+    for path in [&clone, &target] {
+        let _ = std::fs::remove_dir_all(path);
+    }
+    project::clone_working_tree(sh, &clone)?;
+    if let Some(rev) = rev {
+        let _dir = sh.push_dir(&clone);
+        cmd!(sh, "git checkout --quiet --force {rev}").run()?;
+        cmd!(sh, "git clean --quiet -fdx").run()?;
+    }
+    let cargo = cargo(sh);
+    let compile = |what: &str| -> anyhow::Result<f64> {
+        eprintln!("{what}...");
+        let _dir = sh.push_dir(&clone);
+        let start = Instant::now();
+        cmd!(sh, "{cargo} build --quiet --package xtask")
+            .env("CARGO_TARGET_DIR", &target)
+            .run()?;
+        Ok(start.elapsed().as_secs_f64())
+    };
+    let cold = compile("cold build of the xtask (empty target directory)")?;
+    let edited = clone.join("xtask/src/steps.rs");
+    let original = std::fs::read_to_string(&edited)
+        .with_context(|| format!("reading `{}`", edited.display()))?;
+    let mut one_line = Vec::new();
+    for idx in 0..runs {
+        std::fs::write(&edited, format!("{original}\n// bench edit {idx}\n"))?;
+        one_line.push(compile(&format!("one-line edit {}/{runs}", idx + 1))?);
+    }
+    one_line.sort_by(f64::total_cmp);
+    let crates = {
+        let _dir = sh.push_dir(&clone);
+        cmd!(
+            sh,
+            "{cargo} tree --quiet --package xtask --edges normal,build --prefix none --no-dedupe"
+        )
+        .read()?
+        .lines()
+        .map(|line| line.split(" (").next().unwrap_or(line).to_owned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+    };
+    let revision = cmd!(sh, "git -C {clone} rev-parse --short HEAD")
+        .quiet()
+        .read()?;
+    println!("machine: {}", machine(sh));
+    println!(
+        "| commit | crates | cold `cargo build -p xtask` | one-line edit (median of {runs}) |"
+    );
+    println!("|---|---|---|---|");
+    println!(
+        "| {revision} | {crates} | {cold:.1} s | {:.2} s |",
+        one_line[one_line.len() / 2]
+    );
+    Ok(())
 }
 
 fn machine(sh: &Shell) -> String {

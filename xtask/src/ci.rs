@@ -4,6 +4,7 @@
 
 mod base_images;
 mod images;
+mod migrations;
 mod push_checks;
 mod reproducible;
 mod stack;
@@ -18,6 +19,7 @@ use crate::{flags, image, project::cargo, provision, steps::Steps};
 const STEPS: &[(&str, &str)] = &[
     ("fmt", "cargo fmt --check"),
     ("clippy", "cargo clippy"),
+    ("migrations", "migrations: squawk, expand and contract"),
     ("test", "cargo test"),
     ("npm-ci", "npm ci"),
     ("frontend-lint", "frontend lint"),
@@ -86,7 +88,12 @@ impl flags::Ci {
             if FRONTEND_STEPS.iter().any(|(step, _)| frontend(step)) {
                 needs.push(provision::NPM);
             }
-            provision::ensure(sh, &needs)
+            provision::ensure(sh, &needs)?;
+            if rust("test") || only.step("migrations") {
+                // The migrations step and its tests lint with the pinned squawk.
+                migrations::squawk_path(sh)?;
+            }
+            Ok(())
         })?;
         let cargo = cargo(sh);
         if rust("fmt") {
@@ -102,6 +109,9 @@ impl flags::Ci {
                 )
                 .run()?)
             })?;
+        }
+        if only.step("migrations") {
+            steps.run(title("migrations"), || migrations::check(sh))?;
         }
         if rust("test") {
             steps.run(title("test"), || rust_tests(sh, &cargo))?;

@@ -64,12 +64,17 @@ pub(crate) struct Bench {
     /// Repetitions of each warm scenario (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub(crate) runs: usize,
+    /// `bench xtask` only: measure this commit instead of the working tree (before/after).
+    #[arg(long, value_name = "REV")]
+    pub(crate) rev: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub(crate) enum BenchWhat {
     /// Cold build, no-change rebuild, one-line backend change: compile vs assembly, sizes.
     Build,
+    /// Compile time of `cargo xtask` itself: cold (empty target) and after a one-line edit.
+    Xtask,
     /// No-change deploy over ssh on loopback: wall time, split by step, TCP connections to sshd.
     Deploy,
     /// Cold push, no-change push, one-line-change push to a local registry: time and bytes.

@@ -59,7 +59,7 @@ impl Site {
             host: "127.0.0.1".parse().unwrap(),
             port: 3000,
             log_filter: "info".to_owned(),
-            shutdown_drain: timemanager_frontend_server::config::DEFAULT_SHUTDOWN_DRAIN,
+            shutdown_drain: timemanager_shutdown::DEFAULT_SHUTDOWN_DRAIN,
         }
     }
 }

