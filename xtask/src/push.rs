@@ -25,7 +25,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use xshell::{Shell, cmd};
 
-pub(crate) use crate::push::layout::Layout;
+pub(crate) use crate::push::layout::{BlobInMemory, Layout};
 use crate::steps::human_bytes;
 use crate::{
     digest::Digest,
@@ -207,13 +207,22 @@ pub(crate) fn push_layouts(
         .iter()
         .map(|dir| Layout::read(dir))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    push_read(sh, opts, &images)
+}
+
+/// Pushes layouts already read and checked by [`Layout::read`].
+pub(crate) fn push_read(
+    sh: &Shell,
+    opts: &PushOptions,
+    images: &[Layout],
+) -> anyhow::Result<Vec<PushedImage>> {
     let registry = Registry::parse(&opts.registry, &opts.insecure_registries)?;
     let namespace = match &opts.namespace {
         Some(namespace) => namespace.trim().trim_matches('/').to_ascii_lowercase(),
         None => default_namespace(sh)?,
     };
     let mut tags_per_image = Vec::new();
-    for image in &images {
+    for image in images {
         validate_repository(&format!("{namespace}/{}", image.name))
             .context("check `--namespace` (or GITHUB_REPOSITORY)")?;
         let tags = tags(opts, image)?;

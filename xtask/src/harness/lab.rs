@@ -17,7 +17,7 @@
 
 use std::{
     fs,
-    io::{BufWriter, Read},
+    io::Read,
     net::TcpListener,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
@@ -45,7 +45,7 @@ use crate::{
         AssemblyTimes, BuiltImage,
         layer::{self, Entry, EntryKind, Source},
         oci::Blob,
-        store::ImageBlobs,
+        store::{ImageBlobs, Store},
     },
     project::{self, cargo},
     provision,
@@ -777,12 +777,7 @@ pub(crate) fn changed_backend(
         .checked_sub(1)
         .context("no layers")?;
     let binary = &backend.blobs.layers[idx];
-    let blob_path = |layout: &Path, digest: &str| {
-        layout
-            .join("blobs/sha256")
-            .join(digest.strip_prefix("sha256:").unwrap_or(digest))
-    };
-    let mut entries = read_layer(&blob_path(&backend.layout, &binary.digest))?;
+    let mut entries = read_layer(&backend.layout.join(binary.digest.blob_path()))?;
     let largest = entries
         .iter_mut()
         .filter_map(|e| match &mut e.kind {
@@ -794,37 +789,43 @@ pub(crate) fn changed_backend(
     largest.extend_from_slice(format!("\none-line change {n}\n").as_bytes());
     let entries = layer::normalize(entries)?;
 
+    // A store of its own in `dir`, so the result is an OCI layout as `build` writes one,
+    // named after the image: push reads nothing else.
     let _ = fs::remove_dir_all(dir);
-    fs::create_dir_all(dir.join("blobs/sha256"))?;
-    let temp = dir.join("layer.tmp");
-    let layer = layer::write(&entries, epoch, BufWriter::new(fs::File::create(&temp)?))?;
-    fs::rename(&temp, blob_path(dir, &layer.digest))?;
+    let store = Store::new(dir.to_path_buf())?;
+    let (layer, _) = store.layer(&entries, epoch)?;
     for other in &backend.blobs.layers[..idx] {
-        let to = blob_path(dir, &other.digest);
-        let from = blob_path(&backend.layout, &other.digest);
-        if fs::hard_link(&from, &to).is_err() {
-            fs::copy(&from, &to)?;
-        }
+        let from = backend.layout.join(other.digest.blob_path());
+        store.put_file(&other.digest, |out| {
+            std::io::copy(&mut fs::File::open(&from)?, out)?;
+            Ok(())
+        })?;
     }
     let mut config: Value = serde_json::from_slice(&backend.blobs.config.bytes)?;
-    config["rootfs"]["diff_ids"][idx] = layer.diff_id.clone().into();
+    config["rootfs"]["diff_ids"][idx] = layer.diff_id.to_string().into();
     let config = Blob::from_json(&config);
     let mut manifest: Value = serde_json::from_slice(&backend.blobs.manifest.bytes)?;
-    manifest["config"]["digest"] = config.digest.clone().into();
+    manifest["config"]["digest"] = config.digest.to_string().into();
     manifest["config"]["size"] = config.size().into();
-    manifest["layers"][idx]["digest"] = layer.digest.clone().into();
+    manifest["layers"][idx]["digest"] = layer.digest.to_string().into();
     manifest["layers"][idx]["size"] = layer.size.into();
     let manifest = Blob::from_json(&manifest);
+    store.put(&config)?;
+    store.put(&manifest)?;
     let mut layers = backend.blobs.layers.clone();
     layers[idx] = layer;
+    let blobs = ImageBlobs {
+        manifest,
+        config,
+        layers,
+    };
+    let tag = format!("changed-{n}");
+    let reference = format!("timemanager/{}:{tag}", backend.name);
+    let layout = store.write_layout(backend.name, &blobs, &reference, &tag)?;
     Ok(BuiltImage {
         name: backend.name,
-        blobs: ImageBlobs {
-            manifest,
-            config,
-            layers,
-        },
-        layout: dir.to_path_buf(),
+        blobs,
+        layout,
         archive: backend.archive.clone(),
         n_cached_layers: 0,
         times: AssemblyTimes::default(),

@@ -10,9 +10,9 @@ use crate::{
         push_checks::{Mode, PushLab, options, read_client},
         suite::Check,
     },
+    digest::Digest,
     harness::registry::TestRegistry,
-    image::{BuiltImage, oci::Blob},
-    push::PushOptions,
+    push::{BlobInMemory, Layout, PushOptions, push_read},
     registry::{self, Credentials},
 };
 
@@ -28,7 +28,7 @@ pub(super) fn checks<'a>() -> Vec<Check<PushLab<'a>>> {
                 let opts = options(&basic.host(), Some(&creds), "ci/tm");
                 lab.expect_error(
                     &opts,
-                    lab.backend()?,
+                    &lab.backend_layout()?,
                     |e| matches!(e, registry::Error::Unauthorized(_)),
                     &["401", "backend", "user `ci`", "check the password"],
                     Some(creds.secret.expose()),
@@ -44,7 +44,7 @@ pub(super) fn checks<'a>() -> Vec<Check<PushLab<'a>>> {
                 let opts = options(&token.host(), Some(&creds), "ci/tm");
                 lab.expect_error(
                     &opts,
-                    lab.backend()?,
+                    &lab.backend_layout()?,
                     |e| matches!(e, registry::Error::Unauthorized(_)),
                     &[
                         "401",
@@ -85,10 +85,10 @@ pub(super) fn checks<'a>() -> Vec<Check<PushLab<'a>>> {
                 let token_server = token.token_server.as_ref().context("no token server")?;
                 token_server.issue_expired(usize::MAX);
                 let opts = options(&token.host(), token.credentials.as_ref(), "ci/expired");
-                let res = lab.backend().and_then(|backend| {
+                let res = lab.backend_layout().and_then(|backend| {
                     lab.expect_error(
                         &opts,
-                        backend,
+                        &backend,
                         |e| matches!(e, registry::Error::Unauthorized(_)),
                         &["401", "invalid_token", "backend"],
                         None,
@@ -106,7 +106,7 @@ pub(super) fn checks<'a>() -> Vec<Check<PushLab<'a>>> {
                 let opts = options(&token.host(), token.credentials.as_ref(), "unknown/tm");
                 let message = lab.expect_error(
                     &opts,
-                    lab.backend()?,
+                    &lab.backend_layout()?,
                     |e| matches!(e, registry::Error::Denied(_)),
                     &["unknown/tm/backend", "may not push"],
                     None,
@@ -126,11 +126,16 @@ pub(super) fn checks<'a>() -> Vec<Check<PushLab<'a>>> {
             "error: manifest rejected",
             |lab: &PushLab<'a>| {
                 let plain = lab.registry(Mode::NoAuth)?;
-                let backend = lab.backend()?;
-                let mut broken = backend.clone();
-                let mut manifest: Value = serde_json::from_slice(&backend.blobs.manifest.bytes)?;
+                // Layout::read refuses such a manifest on disk: alter the one it read, so
+                // the registry is what rejects it.
+                let mut broken = Layout::read(&lab.backend()?.layout)?;
+                let mut manifest: Value = serde_json::from_slice(&broken.manifest.bytes)?;
                 manifest["config"] = Value::from(42);
-                broken.blobs.manifest = Blob::from_json(&manifest);
+                let bytes = serde_json::to_vec(&manifest)?;
+                broken.manifest = BlobInMemory {
+                    digest: Digest::of(&bytes),
+                    bytes,
+                };
                 let opts = options(&plain.host(), None, "ci/rejected");
                 let message = lab.expect_error(
                     &opts,
@@ -139,12 +144,7 @@ pub(super) fn checks<'a>() -> Vec<Check<PushLab<'a>>> {
                     &["400", "MANIFEST_INVALID", "pushing manifest", "backend"],
                     None,
                 )?;
-                lab.expect_tags(
-                    plain,
-                    "ci/rejected/backend",
-                    &broken.blobs.manifest.digest,
-                    false,
-                )?;
+                lab.expect_tags(plain, "ci/rejected/backend", &broken.manifest.digest, false)?;
                 Ok(message)
             },
         ),
@@ -167,15 +167,20 @@ fn wrong_password(registry: &TestRegistry) -> Credentials {
 impl PushLab<'_> {
     /// A push that must fail with a registry error of `kind` whose one-line message holds
     /// every needle and not the secret; returns the message.
+    /// The backend as push reads it from its OCI layout.
+    fn backend_layout(&self) -> anyhow::Result<Layout> {
+        Layout::read(&self.backend()?.layout)
+    }
+
     fn expect_error(
         &self,
         opts: &PushOptions,
-        image: &BuiltImage,
+        image: &Layout,
         kind: fn(&registry::Error) -> bool,
         needles: &[&str],
         secret: Option<&str>,
     ) -> anyhow::Result<String> {
-        let err = match self.push(opts, std::slice::from_ref(image)) {
+        let err = match push_read(self.sh, opts, std::slice::from_ref(image)) {
             Ok(_) => bail!("the push succeeded"),
             Err(err) => err,
         };
