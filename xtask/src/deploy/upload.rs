@@ -95,6 +95,15 @@ mod tests {
     use super::*;
     use crate::{deploy::compose, project};
 
+    fn entry_names(upload: &Upload) -> Vec<String> {
+        let mut archive = tar::Archive::new(upload.tar.as_slice());
+        archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect()
+    }
+
     #[test]
     fn upload_packs_the_compose_file_and_infrastructure() {
         let upload = pack(
@@ -103,12 +112,7 @@ mod tests {
             None,
         )
         .unwrap();
-        let mut archive = tar::Archive::new(upload.tar.as_slice());
-        let names: Vec<String> = archive
-            .entries()
-            .unwrap()
-            .map(|e| e.unwrap().path().unwrap().display().to_string())
-            .collect();
+        let names = entry_names(&upload);
         assert_eq!(names[0], "docker-compose.prod.yml");
         assert!(
             names.contains(&"infrastructure/prometheus/alerts.yml".to_owned()),
@@ -149,12 +153,7 @@ mod tests {
             Some(&project::root().join(compose::COMPOSE_FILE)),
         )
         .unwrap();
-        let mut archive = tar::Archive::new(upload.tar.as_slice());
-        let names: Vec<String> = archive
-            .entries()
-            .unwrap()
-            .map(|e| e.unwrap().path().unwrap().display().to_string())
-            .collect();
+        let names = entry_names(&upload);
         assert!(upload.has_override);
         assert!(names.contains(&OVERRIDE_FILE.to_owned()), "{names:?}");
         let err = pack(

@@ -46,16 +46,7 @@ pub(crate) fn get(url: &str, headers: &[(&str, &str)]) -> anyhow::Result<Reply> 
         .call()
         .map_err(|err| anyhow::format_err!("GET {url}: {err}"))?;
     let status = res.status().as_u16();
-    let headers = res
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
+    let headers = header_pairs(res.headers());
     let body = res
         .body_mut()
         .read_to_vec()
@@ -65,6 +56,19 @@ pub(crate) fn get(url: &str, headers: &[(&str, &str)]) -> anyhow::Result<Reply> 
         headers,
         body,
     })
+}
+
+/// A response's headers as name/value pairs, values decoded lossily.
+pub(crate) fn header_pairs(headers: &ureq::http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
 }
 
 /// Polls `url` until it answers `status`, for at most `timeout`.

@@ -36,7 +36,7 @@ use crate::{
     deploy::compose::{COMPOSE_FILE, COMPOSE_PROJECT},
     harness::{
         docker::{self, Engine},
-        http::Reply,
+        http::{self, Reply},
         lab_images::{self, LabImage, LabImageSet},
         registry::{self, Auth, TestRegistry},
         sshd::Sshd,
@@ -698,16 +698,7 @@ pub(crate) fn edge(
         None => agent.run(request.body(())?),
     };
     let mut res = result.map_err(|err| anyhow::format_err!("{method} {url}: {err}"))?;
-    let headers = res
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
+    let headers = http::header_pairs(res.headers());
     let body = res
         .body_mut()
         .read_to_string()
