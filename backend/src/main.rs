@@ -60,17 +60,10 @@ fn serve() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(timemanager_backend::run(config))
+    block_on(
+        tokio::runtime::Builder::new_multi_thread(),
+        timemanager_backend::run(config),
+    )
 }
 
 fn migrate() -> ExitCode {
@@ -82,15 +75,22 @@ fn migrate() -> ExitCode {
         }
     };
     // One connection, one task: no need for worker threads.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
+    block_on(
+        tokio::runtime::Builder::new_current_thread(),
+        timemanager_backend::migrations::migrate_command(config),
+    )
+}
+
+/// Runs `task` to completion on a runtime from `builder`.
+fn block_on(
+    mut builder: tokio::runtime::Builder,
+    task: impl std::future::Future<Output = ExitCode>,
+) -> ExitCode {
+    match builder.enable_all().build() {
+        Ok(runtime) => runtime.block_on(task),
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    runtime.block_on(timemanager_backend::migrations::migrate_command(config))
+    }
 }
