@@ -93,6 +93,28 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The process environment as a lookup: `Err(())` for a value that is set but not UTF-8.
+fn process_env(name: &'static str) -> Result<Option<String>, ()> {
+    match std::env::var(name) {
+        Ok(value) => Ok(Some(value)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(()),
+    }
+}
+
+/// One setting through `lookup`, trimmed. Empty values count as unset: compose files
+/// often write `APP_PORT=`.
+fn setting(
+    lookup: &impl Fn(&'static str) -> Result<Option<String>, ()>,
+    name: &'static str,
+) -> Result<Option<String>, ConfigError> {
+    match lookup(name) {
+        Ok(Some(value)) if !value.trim().is_empty() => Ok(Some(value.trim().to_owned())),
+        Ok(_) => Ok(None),
+        Err(()) => Err(invalid(name, "must be valid UTF-8")),
+    }
+}
+
 fn invalid(variable: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError {
         variable,
@@ -103,11 +125,7 @@ fn invalid(variable: &'static str, problem: impl Into<String>) -> ConfigError {
 impl Config {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| match std::env::var(name) {
-            Ok(value) => Ok(Some(value)),
-            Err(std::env::VarError::NotPresent) => Ok(None),
-            Err(std::env::VarError::NotUnicode(_)) => Err(()),
-        })
+        Self::from_lookup(process_env)
     }
 
     /// Reads configuration through `lookup` (`Err(())` meaning "set but not UTF-8"),
@@ -115,14 +133,7 @@ impl Config {
     pub fn from_lookup(
         lookup: impl Fn(&'static str) -> Result<Option<String>, ()>,
     ) -> Result<Self, ConfigError> {
-        // Empty values count as unset: compose files often write `APP_PORT=`.
-        let get = |name: &'static str| -> Result<Option<String>, ConfigError> {
-            match lookup(name) {
-                Ok(Some(value)) if !value.trim().is_empty() => Ok(Some(value.trim().to_owned())),
-                Ok(_) => Ok(None),
-                Err(()) => Err(invalid(name, "must be valid UTF-8")),
-            }
-        };
+        let get = |name| setting(&lookup, name);
 
         let host = match get("APP_HOST")? {
             None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -394,24 +405,14 @@ pub struct MigrateConfig {
 impl MigrateConfig {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| match std::env::var(name) {
-            Ok(value) => Ok(Some(value)),
-            Err(std::env::VarError::NotPresent) => Ok(None),
-            Err(std::env::VarError::NotUnicode(_)) => Err(()),
-        })
+        Self::from_lookup(process_env)
     }
 
     /// Reads configuration through `lookup`, like [`Config::from_lookup`].
     pub fn from_lookup(
         lookup: impl Fn(&'static str) -> Result<Option<String>, ()>,
     ) -> Result<Self, ConfigError> {
-        let get = |name: &'static str| -> Result<Option<String>, ConfigError> {
-            match lookup(name) {
-                Ok(Some(value)) if !value.trim().is_empty() => Ok(Some(value.trim().to_owned())),
-                Ok(_) => Ok(None),
-                Err(()) => Err(invalid(name, "must be valid UTF-8")),
-            }
-        };
+        let get = |name| setting(&lookup, name);
         let database = match get("DATABASE_URL")? {
             None => {
                 return Err(invalid(
