@@ -52,23 +52,15 @@ impl flags::E2e {
             eprintln!("sshd log ends:\n{}", lab.sshd.log_tail());
             eprintln!("the stack:\n{}", stack::state_report(sh));
         }
-        drop(lab);
+        // Checked while the engine still runs: it may be the lab's own, stopped with it.
+        let stopped = lab.stop();
         let leftovers = leftover_processes(&markers);
         let result = result.and_then(|report| {
+            stopped?;
             ensure!(
                 leftovers.is_empty(),
                 "processes left behind:\n  {}",
                 leftovers.join("\n  ")
-            );
-            let containers = stack::running_services(sh)?;
-            ensure!(
-                containers.is_empty(),
-                "containers of the `timemanager` project left behind: {containers:?}"
-            );
-            ensure!(
-                !stack::volume_exists(sh),
-                "the volume {} was left behind",
-                stack::POSTGRES_VOLUME
             );
             Ok(report)
         })?;

@@ -146,6 +146,8 @@ pub(crate) struct Lab {
     registry: TestRegistry,
     /// Dropped after the stack is down: node-exporter's `rslave` mount needs `/` shared.
     shared_root: Option<SharedRoot>,
+    /// Set by [`Lab::stop`]: the drop has nothing left to do but stop the engine.
+    stopped: bool,
     _engine: Engine,
 }
 
@@ -233,6 +235,7 @@ impl Lab {
             sshd,
             registry,
             shared_root: None,
+            stopped: false,
             _engine: engine,
         })
     }
@@ -496,9 +499,17 @@ impl Lab {
     }
 }
 
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let Ok(sh) = Shell::new() else { return };
+impl Lab {
+    /// Takes the stack down and checks, while the engine still runs, that nothing of the
+    /// `timemanager` project is left; then stops the engine (the drop). The engine may be the
+    /// lab's own, so nothing can ask it afterwards.
+    pub(crate) fn stop(mut self) -> anyhow::Result<()> {
+        self.stopped = true;
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> anyhow::Result<()> {
+        let sh = Shell::new()?;
         if let Ok(entries) = fs::read_dir(self.root.join("opt")) {
             for entry in entries.flatten() {
                 let server = Server {
@@ -512,11 +523,9 @@ impl Drop for Lab {
                 }
             }
         }
-        match remove_project(&sh) {
-            Ok(()) => {
-                let _ = fs::remove_file(owner_file());
-            }
-            Err(err) => eprintln!("warning: removing the lab's `timemanager` project: {err:#}"),
+        let removed = remove_project(&sh).context("removing the lab's `timemanager` project");
+        if removed.is_ok() {
+            let _ = fs::remove_file(owner_file());
         }
         let prefix = format!("{}/", self.registry.host());
         let format = "{{.Repository}}:{{.Tag}}";
@@ -542,6 +551,17 @@ impl Drop for Lab {
             );
         } else {
             let _ = fs::remove_dir_all(&self.root);
+        }
+        removed
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if !self.stopped
+            && let Err(err) = self.teardown()
+        {
+            eprintln!("warning: {err:#}");
         }
     }
 }
