@@ -10,13 +10,12 @@
 //! (drops, renames, type changes). sqlx stores the name (as the description, with `_`
 //! turned into spaces) in `_sqlx_migrations`, so the database itself records the kind
 //! of every migration that ran, even of versions an older binary has never seen;
-//! [`rollback`] decides from that.
+//! the rollback rule (crate `timemanager-migration-rule`, shared with the deploy) decides
+//! from that.
 //!
 //! sqlx checks an applied migration by version and checksum (SHA-384 of the SQL) only,
 //! never by description, so renaming a file keeps databases migrated under the old
 //! name valid, as long as its content is untouched.
-
-pub mod rollback;
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -31,7 +30,7 @@ use sqlx::{ConnectOptions as _, Connection as _, PgConnection, PgPool};
 
 use crate::config::MigrateConfig;
 use crate::error::error_chain;
-use crate::migrations::rollback::Record;
+pub use timemanager_migration_rule::{Kind, Record};
 
 /// This binary's migrations, embedded at compile time from `backend/migrations/`.
 ///
@@ -54,45 +53,13 @@ pub fn migrator() -> Migrator {
     migrator
 }
 
-/// What a migration file says it does, from its name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    /// Additive and backward compatible: the previous release runs on the new schema.
-    Expand,
-    /// Breaks the previous release (drop, rename, type change, new NOT NULL).
-    Contract,
-}
-
-impl Kind {
-    /// The kind recorded in a migration description (`expand create users`) or file
-    /// name (`1_expand_create_users.sql`); `None` for names without one, such as those
-    /// applied before the naming rule existed.
-    pub fn of(description_or_file_name: &str) -> Option<Kind> {
-        let rest = description_or_file_name.trim_start_matches(|c: char| c.is_ascii_digit());
-        let rest = rest.strip_prefix('_').unwrap_or(rest);
-        match rest.split([' ', '_']).next() {
-            Some("expand") => Some(Kind::Expand),
-            Some("contract") => Some(Kind::Contract),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Expand => "expand",
-            Kind::Contract => "contract",
-        }
-    }
-}
-
 /// One line of `timemanager-backend migrations`: what a release knows, so a deploy can
 /// record it and a later rollback can compare it with the database.
 #[derive(Debug, Serialize)]
 pub struct Listed {
     pub version: i64,
     /// `expand`, `contract`, or `null` for a name without a kind.
-    pub kind: Option<Kind>,
+    pub kind: Option<&'static str>,
     pub description: String,
     /// SHA-384 of the SQL, lowercase hex, as sqlx stores it in `_sqlx_migrations`.
     pub checksum: String,
@@ -107,7 +74,7 @@ pub fn list(migrator: &Migrator) -> Vec<Listed> {
         .filter(|m| m.migration_type.is_up_migration())
         .map(|m| Listed {
             version: m.version,
-            kind: Kind::of(&m.description),
+            kind: Kind::of(&m.description).map(Kind::as_str),
             description: m.description.to_string(),
             checksum: hex(&m.checksum),
             no_transaction: m.no_tx,
@@ -634,7 +601,7 @@ mod tests {
         let listed = list(&MIGRATOR);
         assert_eq!(listed.len(), MIGRATOR.iter().count());
         let first = &listed[0];
-        assert_eq!(first.kind, Some(Kind::Expand));
+        assert_eq!(first.kind, Some("expand"));
         assert_eq!(first.checksum.len(), 96, "SHA-384 in hex");
         let line = serde_json::to_string(first).unwrap();
         assert!(

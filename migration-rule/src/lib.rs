@@ -1,4 +1,5 @@
-//! The rollback rule: may release N-1 run on the schema release N left behind?
+//! What a migration is (expand or contract, from its name) and the rollback rule: may
+//! release N-1 run on the schema release N left behind?
 //!
 //! Pure data in, verdict out, with no database and no sqlx, so the deploy can apply it
 //! to the rows of `_sqlx_migrations` and a release's recorded list
@@ -14,7 +15,36 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::migrations::Kind;
+/// What a migration file says it does, from its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Additive and backward compatible: the previous release runs on the new schema.
+    Expand,
+    /// Breaks the previous release (drop, rename, type change, new NOT NULL).
+    Contract,
+}
+
+impl Kind {
+    /// The kind recorded in a migration description (`expand create users`) or file
+    /// name (`1_expand_create_users.sql`); `None` for names without one, such as those
+    /// applied before the naming rule existed.
+    pub fn of(description_or_file_name: &str) -> Option<Kind> {
+        let rest = description_or_file_name.trim_start_matches(|c: char| c.is_ascii_digit());
+        let rest = rest.strip_prefix('_').unwrap_or(rest);
+        match rest.split([' ', '_']).next() {
+            Some("expand") => Some(Kind::Expand),
+            Some("contract") => Some(Kind::Contract),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Expand => "expand",
+            Kind::Contract => "contract",
+        }
+    }
+}
 
 /// One migration: a row of `_sqlx_migrations` (successful ones) or a line of a release's
 /// list. `description` is sqlx's (the file name after the version, `_` as spaces).

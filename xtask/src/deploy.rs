@@ -12,12 +12,19 @@
 //!   current -> releases/<tag>                 swapped atomically (rename of a new link)
 //!   docker-compose.prod.yml, .env, infrastructure -> current/...   the runbook's paths
 //!   docker-compose.override.yml -> current/...  only while the current release has one
-//!   releases.jsonl                            one JSON line per deploy or rollback
+//!   releases.jsonl                            one JSON line per deploy, rollback or snapshot
+//!   snapshots/<time>-<tag>.pgdump             pg_dump -Fc, before each migrating deploy
+//!   snapshots/<time>-<tag>.rescue.pgdump      what a restore replaced (never pruned)
 //!   .deploy.lock, .deploy.lock.holder         flock held by the deploying ssh session
 //! ```
+//!
+//! A release with pending migrations is migrated once, by `timemanager-backend migrate` in a
+//! one-off container of its image, after a snapshot and before the switch; a rollback goes
+//! ahead only if the target runs on the schema (see [`migrations`]).
 
 pub(crate) mod compose;
 mod health;
+mod migrations;
 mod plan;
 mod releases;
 mod run;
@@ -29,7 +36,7 @@ mod upload;
 
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use xshell::Shell;
 
 use crate::{
@@ -217,9 +224,12 @@ fn deploy(sh: &Shell, flags: &flags::Deploy, env: Lookup<'_>) -> anyhow::Result<
         &release,
         &upload,
         &gate,
-        !flags.no_push,
-        &flags.insecure_registry,
-        &holder,
+        &plan::DeployOptions {
+            push: !flags.no_push,
+            insecure_registries: &flags.insecure_registry,
+            holder: &holder,
+            keep_snapshots: flags.keep_snapshots,
+        },
     );
     if flags.dry_run {
         println!(
@@ -232,6 +242,7 @@ fn deploy(sh: &Shell, flags: &flags::Deploy, env: Lookup<'_>) -> anyhow::Result<
             target.base
         );
         print!("{}", plan.describe());
+        print!("{}", local_migrations());
         if let Err(err) = problems.into_result() {
             eprintln!("\nnote: a real run would stop at the preflight: {err:#}");
         }
@@ -242,28 +253,62 @@ fn deploy(sh: &Shell, flags: &flags::Deploy, env: Lookup<'_>) -> anyhow::Result<
 }
 
 fn rollback(sh: &Shell, flags: &flags::Rollback, env: Lookup<'_>) -> anyhow::Result<()> {
+    let to = match (&flags.restore, &flags.to) {
+        (Some(snapshot), to) => {
+            let release = snapshot_release(snapshot)?;
+            if let Some(to) = to.as_deref().filter(|to| *to != release) {
+                bail!(
+                    "{snapshot} holds the schema of release {release}, not of {to}: roll back with `--to {release} --restore {snapshot}`"
+                );
+            }
+            Some(release.to_owned())
+        }
+        (None, to) => to.clone(),
+    };
+    let goal = Goal {
+        to: to.as_deref(),
+        restore: flags.restore.as_deref(),
+        may_be_current: false,
+    };
+    go_back(sh, &flags.server, &flags.health, goal, flags.dry_run, env)
+}
+
+/// What a rollback or restore goes back to.
+struct Goal<'a> {
+    /// The release (default: the newest healthy one before the current).
+    to: Option<&'a str>,
+    /// A snapshot to restore first.
+    restore: Option<&'a str>,
+    /// `db restore` may restart the current release on the restored data.
+    may_be_current: bool,
+}
+
+fn go_back(
+    sh: &Shell,
+    server: &flags::Server,
+    health: &flags::HealthGate,
+    goal: Goal<'_>,
+    dry_run: bool,
+    env: Lookup<'_>,
+) -> anyhow::Result<()> {
     let mut problems = Problems::default();
     let mut redactor = Redactor::default();
-    let target = settings::target(&flags.server, env, &mut problems, &mut redactor);
+    let target = settings::target(server, env, &mut problems, &mut redactor);
     // Only needed if the release's images were pruned from the server: optional here.
     let credentials = settings::credentials(env, &mut Problems::default(), &mut redactor);
-    if let Some(tag) = flags.to.as_deref().filter(|tag| !settings::is_tag(tag)) {
+    if let Some(tag) = goal.to.filter(|tag| !settings::is_tag(tag)) {
         problems
             .invalid
             .push(format!("--to takes a release tag, got `{tag}`"));
     }
-    let reach = reach(&flags.health, &mut problems);
+    let reach = reach(health, &mut problems);
     problems.into_result()?;
     let scripts = ServerScripts::new(&target, run_id());
     let mut run = Run::new(sh, target, scripts.clone(), redactor);
     // The target depends on what the server holds: read it under the lock, then plan.
     run.step(&step("connect", Action::Local(Local::Connect)))?;
-    if !flags.dry_run {
-        let holder = holder(
-            env,
-            "rollback",
-            flags.to.as_deref().unwrap_or("the previous release"),
-        );
+    if !dry_run {
+        let holder = holder(env, "rollback", goal.to.unwrap_or("the previous release"));
         run.step(&step("lock", Action::Lock(scripts.lock(&holder))))?;
     }
     let listing = run.step_output(&step(
@@ -271,9 +316,12 @@ fn rollback(sh: &Shell, flags: &flags::Rollback, env: Lookup<'_>) -> anyhow::Res
         Action::Remote(scripts.list_releases()),
     ))?;
     let releases = parse_releases(&listing);
-    let tag = rollback_target(&releases, flags.to.as_deref())?;
+    let tag = match goal.to {
+        Some(tag) if goal.may_be_current && tag == releases.current => tag.to_owned(),
+        to => rollback_target(&releases, to)?,
+    };
     eprintln!("rolling back from {} to {tag}", releases.current);
-    let url = match (&flags.health.health_url, env("DOMAIN")) {
+    let url = match (&health.health_url, env("DOMAIN")) {
         (Some(url), _) => url.clone(),
         (None, Some(domain)) => format!("https://{domain}/api/health"),
         (None, None) if !releases.domain.is_empty() => {
@@ -284,7 +332,7 @@ fn rollback(sh: &Shell, flags: &flags::Rollback, env: Lookup<'_>) -> anyhow::Res
     let gate = Gate {
         services: OWN_SERVICES.iter().map(|s| (*s).to_owned()).collect(),
         url,
-        timeout: Duration::from_secs(flags.health.health_timeout),
+        timeout: Duration::from_secs(health.health_timeout),
         reach,
     };
     let registry_host = releases.registry_of(&tag);
@@ -294,8 +342,8 @@ fn rollback(sh: &Shell, flags: &flags::Rollback, env: Lookup<'_>) -> anyhow::Res
             .as_ref()
             .and_then(|c| registry_host.as_deref().map(|host| (host, c))),
     );
-    let plan = plan::rollback_plan(&scripts, &tag, ensure_images, &gate);
-    if flags.dry_run {
+    let plan = plan::rollback_plan(&scripts, &tag, ensure_images, &gate, goal.restore);
+    if dry_run {
         println!(
             "Rollback of {} to {tag}, dry run: nothing changes.\n",
             run.target().display()
@@ -304,6 +352,95 @@ fn rollback(sh: &Shell, flags: &flags::Rollback, env: Lookup<'_>) -> anyhow::Res
         return Ok(());
     }
     run.execute(&plan)
+}
+
+/// The release a snapshot belongs to, from its name.
+fn snapshot_release(snapshot: &str) -> anyhow::Result<&str> {
+    migrations::release_of(snapshot)
+        .filter(|_| migrations::is_snapshot_name(snapshot))
+        .with_context(|| {
+            format!(
+                "`{snapshot}` is not a snapshot name such as 20261201T120000Z-abc1234.pgdump: see `cargo xtask db snapshots`"
+            )
+        })
+}
+
+impl flags::Db {
+    pub(crate) fn run(self, sh: &Shell) -> anyhow::Result<()> {
+        let env = &settings::from_process_env;
+        match self.command {
+            flags::DbCommand::Snapshot(cmd) => db_snapshot(sh, &cmd, env),
+            flags::DbCommand::Snapshots(cmd) => {
+                let (target, redactor) = server_target(&cmd.server, env)?;
+                let session = Session::open(sh, &target, &redactor)?;
+                let remote = ServerScripts::read_only(&target);
+                let text = session.run(
+                    sh,
+                    "listing snapshots",
+                    &remote.list_snapshots(),
+                    Stdout::Capture,
+                )?;
+                print!("{}", migrations::format_snapshots(&text));
+                Ok(())
+            }
+            flags::DbCommand::Restore(cmd) => {
+                let release = snapshot_release(&cmd.snapshot)?.to_owned();
+                let goal = Goal {
+                    to: Some(&release),
+                    restore: Some(&cmd.snapshot),
+                    may_be_current: true,
+                };
+                go_back(sh, &cmd.server, &cmd.health, goal, cmd.dry_run, env)
+            }
+        }
+    }
+}
+
+/// `db snapshot`: under the deploy lock, dumped, pruned and recorded in `releases.jsonl`.
+fn db_snapshot(sh: &Shell, cmd: &flags::DbSnapshot, env: Lookup<'_>) -> anyhow::Result<()> {
+    let (target, redactor) = server_target(&cmd.server, env)?;
+    let scripts = ServerScripts::new(&target, run_id());
+    let mut run = Run::new(sh, target, scripts.clone(), redactor);
+    run.step(&step("connect", Action::Local(Local::Connect)))?;
+    run.step(&step(
+        "lock",
+        Action::Lock(scripts.lock(&holder(env, "snapshot", "the database"))),
+    ))?;
+    let out = run.step_output(&step(
+        "snapshot",
+        Action::Remote(scripts.snapshot(cmd.keep)),
+    ))?;
+    let path = out
+        .lines()
+        .find_map(|line| line.strip_prefix("snapshot\t"))
+        .and_then(|rest| rest.split('\t').next())
+        .context("the snapshot step reported no file")?;
+    run.record_snapshot(path)?;
+    println!("{path}");
+    Ok(())
+}
+
+/// The migrations of this checkout's release, for `--dry-run` (which never connects: the
+/// deploy itself prints which of them the server's database lacks).
+fn local_migrations() -> String {
+    let dir = project::root().join("backend/migrations");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.ends_with(".sql"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    let mut out = String::from(
+        "\nThe release's migrations (backend/migrations/). The `migrations` step compares them with the server's _sqlx_migrations and prints the pending ones; only then do `snapshot` and `migrate` run:\n",
+    );
+    for name in names {
+        out.push_str(&format!("    {name}\n"));
+    }
+    out
 }
 
 #[cfg(test)]

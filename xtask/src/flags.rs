@@ -32,6 +32,8 @@ pub(crate) enum Command {
     Logs(Logs),
     /// Provision a fresh Debian/Ubuntu server: Docker, compose, /opt/timemanager, firewall.
     ServerSetup(ServerSetup),
+    /// The server's database: `snapshot`, `snapshots`, `restore SNAPSHOT`.
+    Db(Db),
     /// Deploy, roll back and break releases on loopback with real sshd, registry and Docker.
     E2e(E2e),
     /// Push the built images to a registry (GHCR by default) over its HTTP API.
@@ -212,6 +214,9 @@ pub(crate) struct Deploy {
     /// release's own).
     #[arg(long, value_name = "FILE", hide = true)]
     pub(crate) compose_override: Option<std::path::PathBuf>,
+    /// Database snapshots to keep on the server (one is taken before each migrating deploy).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub(crate) keep_snapshots: usize,
 }
 
 #[derive(Debug, Args)]
@@ -223,6 +228,55 @@ pub(crate) struct Rollback {
     /// Release to go back to (default: the newest healthy release before the current one).
     #[arg(long, value_name = "TAG")]
     pub(crate) to: Option<String>,
+    /// Restore this snapshot (a name from `cargo xtask db snapshots`) before starting the
+    /// release: for a rollback across a `contract` migration, which is refused otherwise.
+    #[arg(long, value_name = "SNAPSHOT")]
+    pub(crate) restore: Option<String>,
+    /// Print the remote commands and change nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Db {
+    #[command(subcommand)]
+    pub(crate) command: DbCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DbCommand {
+    /// Dump the database now (pg_dump -Fc inside its container) into the server's snapshots/.
+    Snapshot(DbSnapshot),
+    /// List the snapshots on the server.
+    Snapshots(DbSnapshots),
+    /// Replace the database with a snapshot (a rescue dump of it is taken first) and start
+    /// the release the snapshot belongs to.
+    Restore(DbRestore),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DbSnapshot {
+    #[command(flatten)]
+    pub(crate) server: Server,
+    /// Snapshots to keep, this one included.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub(crate) keep: usize,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DbSnapshots {
+    #[command(flatten)]
+    pub(crate) server: Server,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DbRestore {
+    #[command(flatten)]
+    pub(crate) server: Server,
+    #[command(flatten)]
+    pub(crate) health: HealthGate,
+    /// The snapshot's file name, from `cargo xtask db snapshots`.
+    pub(crate) snapshot: String,
     /// Print the remote commands and change nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,

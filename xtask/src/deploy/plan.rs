@@ -30,6 +30,28 @@ pub(crate) enum Action {
     /// Appends the JSON line of this run to `releases.jsonl` and marks the release's result:
     /// built when it runs, from the steps before it.
     Record { kind: &'static str, tag: String },
+    /// Reads the release's migrations and the database's (`migration_state.sh`): a deploy
+    /// learns which are pending, a rollback applies the rollback rule and stops if refused.
+    Migrations {
+        script: Script,
+        check: MigrationCheck,
+    },
+    /// Runs only when the migrations step found pending migrations (and, with
+    /// `needs_database`, a database to dump).
+    IfPending {
+        script: Script,
+        needs_database: bool,
+    },
+    /// Restores a snapshot (`restore.sh`) and prints what the restore removed.
+    Restore(Script),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum MigrationCheck {
+    /// A deploy: which of the release's migrations are pending.
+    Pending,
+    /// A rollback: may the target release run on the database's schema?
+    Rollback { target: String },
 }
 
 #[derive(Debug, Clone)]
@@ -177,8 +199,25 @@ fn describe_action(action: &Action) -> String {
             }
         ),
         Action::Record { .. } => {
-            "append {time, tag, kind, result, previous, digests, by, step durations} as one line to releases.jsonl; mark the release ok or failed\n".to_owned()
+            "append {time, tag, kind, result, previous, digests, by, step durations, snapshot, migrated} as one line to releases.jsonl; mark the release ok or failed\n".to_owned()
         }
+        Action::Migrations { script, check } => format!(
+            "{}\n{}",
+            match check {
+                MigrationCheck::Pending => "(read only) the release's migrations against _sqlx_migrations: the pending ones are printed, and decide the next two steps",
+                MigrationCheck::Rollback { .. } => "(read only) the rule: stop unless every applied migration the target does not know is `expand` (then it runs on the newer schema); a `contract` one names the snapshot to restore with --restore",
+            },
+            script.masked()
+        ),
+        Action::IfPending { script, needs_database } => format!(
+            "(only if migrations are pending{})\n{}",
+            if *needs_database { " and a database exists" } else { "" },
+            script.masked()
+        ),
+        Action::Restore(script) => format!(
+            "(stops backend and frontend until the release starts; prints the rows per table it removed)\n{}",
+            script.masked()
+        ),
     }
 }
 
@@ -194,15 +233,24 @@ fn indent(text: &str) -> String {
         .collect()
 }
 
+/// How a deploy runs, besides what it ships.
+pub(crate) struct DeployOptions<'a> {
+    /// Build and push (else only check the registry has the tag).
+    pub(crate) push: bool,
+    pub(crate) insecure_registries: &'a [String],
+    /// Who holds the lock, for its holder file.
+    pub(crate) holder: &'a str,
+    /// Snapshots kept on the server.
+    pub(crate) keep_snapshots: usize,
+}
+
 /// The whole deploy, as data.
 pub(crate) fn deploy_plan(
     scripts: &ServerScripts,
     release: &ReleaseSettings,
     upload: &Upload,
     gate: &Gate,
-    push: bool,
-    insecure_registries: &[String],
-    holder: &str,
+    options: &DeployOptions<'_>,
 ) -> Plan {
     let tag = &release.tag;
     let lines: Vec<ImageLine> = OWN_SERVICES
@@ -218,9 +266,9 @@ pub(crate) fn deploy_plan(
         repository: release.repository.clone(),
         tag: tag.clone(),
         credentials: release.credentials.clone(),
-        insecure_registries: insecure_registries.to_vec(),
+        insecure_registries: options.insecure_registries.to_vec(),
     };
-    let images = if push {
+    let images = if options.push {
         step(
             "build and push images",
             Action::Local(Local::BuildAndPush(images)),
@@ -239,7 +287,7 @@ pub(crate) fn deploy_plan(
             images,
             step("connect", Action::Local(Local::Connect)),
             step("preflight: server", Action::Remote(scripts.probe())),
-            step("lock", Action::Lock(scripts.lock(holder))),
+            step("lock", Action::Lock(scripts.lock(options.holder))),
             step(
                 "upload release files",
                 Action::Remote(scripts.upload(tag, upload)),
@@ -257,6 +305,27 @@ pub(crate) fn deploy_plan(
                     &lines,
                 )),
             ),
+            step(
+                "migrations",
+                Action::Migrations {
+                    script: scripts.migration_state(tag),
+                    check: MigrationCheck::Pending,
+                },
+            ),
+            step(
+                "snapshot",
+                Action::IfPending {
+                    script: scripts.snapshot(options.keep_snapshots),
+                    needs_database: true,
+                },
+            ),
+            step(
+                "migrate",
+                Action::IfPending {
+                    script: scripts.migrate(tag),
+                    needs_database: false,
+                },
+            ),
         ],
         activate: activation(scripts, tag, &release.profiles, gate),
         fall_back: fall_back(scripts, tag, gate),
@@ -265,18 +334,38 @@ pub(crate) fn deploy_plan(
     }
 }
 
-/// A rollback to `tag`, a release the server still has.
+/// A rollback to `tag`, a release the server still has: checked against the database's
+/// schema by the rollback rule, or, with `restore`, onto that snapshot's data.
 pub(crate) fn rollback_plan(
     scripts: &ServerScripts,
     tag: &str,
     ensure_images: Script,
     gate: &Gate,
+    restore: Option<&str>,
 ) -> Plan {
+    let schema = match restore {
+        None => step(
+            "migrations",
+            Action::Migrations {
+                script: scripts.migration_state(tag),
+                check: MigrationCheck::Rollback {
+                    target: tag.to_owned(),
+                },
+            },
+        ),
+        Some(snapshot) => step(
+            &format!("restore {snapshot}"),
+            Action::Restore(scripts.restore(snapshot, OWN_SERVICES)),
+        ),
+    };
     Plan {
         kind: "rollback",
         tag: tag.to_owned(),
         prelude: scripts.prelude(),
-        prepare: vec![step("images of the release", Action::Remote(ensure_images))],
+        prepare: vec![
+            step("images of the release", Action::Remote(ensure_images)),
+            schema,
+        ],
         activate: activation(scripts, tag, &[], gate),
         fall_back: fall_back(scripts, tag, gate),
         after_success: Vec::new(),

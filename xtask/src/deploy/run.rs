@@ -14,8 +14,9 @@ use xshell::Shell;
 use crate::{
     deploy::{
         health,
-        plan::{Action, Images, Local, Plan, Revision, Step},
-        scripts::{Fact, ServerScripts, parse_facts},
+        migrations::{self, MigrationState},
+        plan::{Action, Images, Local, MigrationCheck, Plan, Revision, Step},
+        scripts::{Fact, Script, ServerScripts, parse_facts},
         secrets::Redactor,
         settings::{self, Lookup, OWN_SERVICES, Target},
         ssh::{LockSession, Session, Stdout},
@@ -45,6 +46,11 @@ pub(crate) struct Run<'a> {
     /// How the run ended so far, for the record: `ok`, `failed` or `rolled-back`, and why.
     result: &'static str,
     error: Option<String>,
+    /// What the migrations step read, once it ran.
+    migrations: Option<MigrationState>,
+    /// The snapshot this run took, and the migrations it applied ("version description").
+    snapshot: Option<String>,
+    migrated: Vec<String>,
 }
 
 impl<'a> Run<'a> {
@@ -67,6 +73,9 @@ impl<'a> Run<'a> {
             pushed: BTreeMap::new(),
             result: "ok",
             error: None,
+            migrations: None,
+            snapshot: None,
+            migrated: Vec::new(),
         }
     }
 
@@ -176,13 +185,7 @@ impl<'a> Run<'a> {
                 self.session = Some(Session::open(self.sh, &self.target, &self.redactor)?);
                 Ok(String::new())
             }
-            Action::Remote(script) => {
-                let out = self
-                    .session()?
-                    .run(self.sh, &step.name, script, Stdout::Capture)?;
-                self.read_facts(&out)?;
-                Ok(out)
-            }
+            Action::Remote(script) => self.remote(step, script),
             Action::Lock(script) => {
                 self.lock = Some(self.session()?.lock(self.sh, script)?);
                 Ok(String::new())
@@ -199,7 +202,69 @@ impl<'a> Run<'a> {
             Action::Record { kind, tag } => {
                 self.record(step, before, kind, tag).map(|()| String::new())
             }
+            Action::Migrations { script, check } => {
+                let out = self.remote(step, script)?;
+                let state = MigrationState::parse(&out)?;
+                state.check_no_failed()?;
+                match check {
+                    MigrationCheck::Pending => eprintln!("    {}", state.describe_pending()),
+                    MigrationCheck::Rollback { target } => {
+                        let verdict = state.rollback_verdict();
+                        if !verdict.is_safe() {
+                            bail!(migrations::refusal(target, &state));
+                        }
+                        eprintln!("    {verdict}");
+                    }
+                }
+                self.migrations = Some(state);
+                Ok(out)
+            }
+            Action::IfPending {
+                script,
+                needs_database,
+            } => {
+                let state = self
+                    .migrations
+                    .as_ref()
+                    .context("internal: a migration step ran before `migrations`")?;
+                if state.pending().is_empty() || (*needs_database && state.database.is_none()) {
+                    eprintln!("    skipped");
+                    return Ok(String::new());
+                }
+                let pending: Vec<String> = state
+                    .pending()
+                    .iter()
+                    .map(|r| format!("{} {}", r.version, r.description))
+                    .collect();
+                let out = self.remote(step, script)?;
+                for line in out.lines() {
+                    if let Some(rest) = line.strip_prefix("snapshot\t") {
+                        let path = rest.split('\t').next().unwrap_or(rest);
+                        eprintln!("    {path}");
+                        self.snapshot = Some(path.to_owned());
+                    }
+                    // `migrate.sh` ends with the rows of _sqlx_migrations.
+                    if line.starts_with("applied\t") {
+                        self.migrated.clone_from(&pending);
+                    }
+                }
+                Ok(out)
+            }
+            Action::Restore(script) => {
+                let out = self.remote(step, script)?;
+                eprint!("{}", migrations::restore_report(&out));
+                Ok(out)
+            }
         }
+    }
+
+    /// A remote step's stdout, its facts taken in.
+    fn remote(&mut self, step: &Step, script: &Script) -> anyhow::Result<String> {
+        let out = self
+            .session()?
+            .run(self.sh, &step.name, script, Stdout::Capture)?;
+        self.read_facts(&out)?;
+        Ok(out)
     }
 
     fn session(&self) -> anyhow::Result<&Session> {
@@ -305,12 +370,31 @@ impl<'a> Run<'a> {
             "by": who(&settings::from_process_env),
             "steps": steps,
             "error": self.error,
+            "snapshot": self.snapshot,
+            "migrated": self.migrated,
         })
         .to_string();
         let status = if self.result == "ok" { "ok" } else { "failed" };
         let script = self.scripts.record(tag, &line, status);
         self.session()?
             .run(self.sh, &step.name, &script, Stdout::Capture)
+            .map(drop)
+    }
+}
+
+impl Run<'_> {
+    /// The line `db snapshot` appends to `releases.jsonl`.
+    pub(crate) fn record_snapshot(&mut self, path: &str) -> anyhow::Result<()> {
+        let line = json!({
+            "time": project::rfc3339(now_epoch()),
+            "kind": "snapshot",
+            "snapshot": path,
+            "by": who(&settings::from_process_env),
+        })
+        .to_string();
+        let script = self.scripts.record("", &line, "");
+        self.session()?
+            .run(self.sh, "record", &script, Stdout::Capture)
             .map(drop)
     }
 }

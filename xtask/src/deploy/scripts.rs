@@ -38,6 +38,13 @@ const STATUS: &str = include_str!("scripts/status.sh");
 const LOGS: &str = include_str!("scripts/logs.sh");
 const ENSURE_IMAGES: &str = include_str!("scripts/ensure_images.sh");
 const SERVER_SETUP: &str = include_str!("scripts/server_setup.sh");
+/// Helpers of the database steps, put before their files.
+const DB: &str = include_str!("scripts/db.sh");
+const MIGRATION_STATE: &str = include_str!("scripts/migration_state.sh");
+const SNAPSHOT: &str = include_str!("scripts/snapshot.sh");
+const MIGRATE: &str = include_str!("scripts/migrate.sh");
+const LIST_SNAPSHOTS: &str = include_str!("scripts/list_snapshots.sh");
+const RESTORE: &str = include_str!("scripts/restore.sh");
 
 /// Every script file, for the shellcheck test.
 #[cfg(test)]
@@ -61,6 +68,12 @@ pub(crate) const FILES: &[(&str, &str)] = &[
     ("logs.sh", LOGS),
     ("ensure_images.sh", ENSURE_IMAGES),
     ("server_setup.sh", SERVER_SETUP),
+    ("db.sh", DB),
+    ("migration_state.sh", MIGRATION_STATE),
+    ("snapshot.sh", SNAPSHOT),
+    ("migrate.sh", MIGRATE),
+    ("list_snapshots.sh", LIST_SNAPSHOTS),
+    ("restore.sh", RESTORE),
 ];
 
 /// Releases kept by cleanup (besides the current one and any a container still mounts).
@@ -455,6 +468,51 @@ impl ServerScripts {
             None => self.registry_values(&mut values, "", None),
         }
         self.wrap(&values, ENSURE_IMAGES, true)
+    }
+}
+
+impl ServerScripts {
+    /// What the release's backend knows (`releases/<tag>/migrations.jsonl`, made from its
+    /// image if missing) and what the database applied: `known`, `database` and `applied`
+    /// lines for `migrations::MigrationState`, and the snapshots on the server.
+    pub(crate) fn migration_state(&self, tag: &str) -> Script {
+        let mut values = Script::new();
+        values.value("tag", tag);
+        self.wrap(
+            &values,
+            &format!("{DB}{MIGRATION_STATE}{LIST_SNAPSHOTS}"),
+            false,
+        )
+    }
+
+    /// `pg_dump -Fc` inside the PostgreSQL container to `snapshots/<time>-<current>.pgdump`,
+    /// checked and fsynced; keeps the newest `keep`.
+    pub(crate) fn snapshot(&self, keep: usize) -> Script {
+        let mut values = Script::new();
+        values.value("keep", &keep.to_string());
+        self.wrap(&values, &format!("{DB}{SNAPSHOT}"), true)
+    }
+
+    /// `timemanager-backend migrate` once, in a one-off container of the release's image.
+    pub(crate) fn migrate(&self, tag: &str) -> Script {
+        let mut values = Script::new();
+        values.value("tag", tag);
+        self.wrap(&values, &format!("{DB}{MIGRATE}"), true)
+    }
+
+    /// The snapshots on the server: `snapshot<TAB>path<TAB>bytes` lines.
+    pub(crate) fn list_snapshots(&self) -> Script {
+        self.wrap(&Script::new(), LIST_SNAPSHOTS, false)
+    }
+
+    /// Stops the app services, dumps the database to a rescue file, restores `snapshot`
+    /// into a fresh database, checks it and swaps it in under the database's name.
+    pub(crate) fn restore(&self, snapshot: &str, app_services: &[&str]) -> Script {
+        let mut values = Script::new();
+        values
+            .value("snapshot", snapshot)
+            .array("app_services", app_services);
+        self.wrap(&values, &format!("{DB}{RESTORE}"), true)
     }
 }
 

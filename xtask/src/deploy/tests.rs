@@ -83,9 +83,12 @@ fn sample_plan(push: bool) -> Plan {
         &release,
         &upload,
         &gate,
-        push,
-        &[],
-        "octocat (deploy of abc1234, since 2026-11-25T10:42:00Z, pid 1 on ci)",
+        &plan::DeployOptions {
+            push,
+            insecure_registries: &[],
+            holder: "octocat (deploy of abc1234, since 2026-11-25T10:42:00Z, pid 1 on ci)",
+            keep_snapshots: 10,
+        },
     )
 }
 
@@ -123,6 +126,9 @@ fn plan_has_the_issue_steps_in_order() {
             "upload release files",
             "write .env",
             "registry login and pull",
+            "migrations",
+            "snapshot",
+            "migrate",
             "switch current",
             "start",
             "health gate",

@@ -1,3 +1,3 @@
 printf '%s\n' "$record" >>"$base/releases.jsonl"
 rel="$base/releases/$tag"
-[ ! -d "$rel" ] || printf '%s\n' "$result" >"$rel/.result"
+[ -z "$result" ] || [ ! -d "$rel" ] || printf '%s\n' "$result" >"$rel/.result"

@@ -96,6 +96,14 @@ fn all_scripts() -> Vec<(&'static str, Script)> {
         ("record", r.record("abc1234", r#"{"it's":"json"}"#, "ok")),
         ("cleanup", r.cleanup()),
         ("list releases", r.list_releases()),
+        ("migration state", r.migration_state("abc1234")),
+        ("snapshot", r.snapshot(10)),
+        ("migrate", r.migrate("abc1234")),
+        ("list snapshots", r.list_snapshots()),
+        (
+            "restore",
+            r.restore("20261201T120000Z-abc1234.pgdump", &["backend", "frontend"]),
+        ),
         ("status", r.status()),
         ("logs", r.logs("backend", 100, true)),
         (

@@ -1,0 +1,3 @@
+dir="$base/snapshots"
+[ -d "$dir" ] || exit 0
+find "$dir" -maxdepth 1 -name '*.pgdump' -printf 'snapshot\t%p\t%s\n' | sort
