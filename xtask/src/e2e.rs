@@ -18,6 +18,7 @@
 //! failure ends the run. Steps 1 to 7 run under compose v2 (production's) with the
 //! monitoring profile; step 8 deploys and rolls back under compose v1 on the same lab.
 
+mod data_safety;
 mod probes;
 mod stack;
 
@@ -104,6 +105,7 @@ fn scenario(sh: &Shell, lab: &mut Lab, steps: &mut Steps) -> anyhow::Result<Stri
         })?;
     report.push(run.deploy_c_no_database(&a, &c, &data)?);
     report.push(run.concurrent_deploys(&b)?);
+    report.extend(run.data_safety(&b)?);
     report.push(run.monitoring(&shared_root)?);
     report.push(run.compose_v1(&a, &b, &data)?);
     report.push(run.secrets(scanner)?);
@@ -200,13 +202,30 @@ impl Scenario<'_> {
     fn deploy_b(&mut self, b: &Release, data: &Data) -> anyhow::Result<String> {
         let (sh, lab, server) = (self.sh, self.lab, &self.server);
         let poller = Poller::start();
+        let writer = data_safety::Writer::start("writer-b");
         let out = self.steps.run("2. deploy B", || {
             lab.deploy(sh, server, b, &[])?.expect_ok("deploy B")
         })?;
         let window = poller.stop();
+        let written = writer.stop()?;
         one_connection(&out, "deploy B")?;
         self.outputs.push(("2-deploy-B", out.output.clone()));
         let figures = deploy_figures(server)?;
+        data_safety::check_acked(sh, "writer-b", &written)?;
+        let record = server.last_record()?;
+        ensure!(
+            out.output
+                .contains(&format!("1 pending: {}", data_safety::EXPAND_DESCRIPTION))
+                && record["migrated"][0] == data_safety::EXPAND_DESCRIPTION
+                && record["snapshot"].as_str().is_some_and(|s| {
+                    s.ends_with(&format!(
+                        "-{}.pgdump",
+                        record["previous"].as_str().unwrap_or("?")
+                    ))
+                }),
+            "deploy B did not snapshot and migrate its expand migration: record {record}\n{}",
+            out.output
+        );
         ensure!(
             lab.revision()? == b.commit,
             "the health JSON does not show B's revision"
@@ -216,11 +235,17 @@ impl Scenario<'_> {
             release_header()?.as_deref() == Some("B"),
             "Traefik does not send B's `{RELEASE_HEADER}` header: a changed file of infrastructure/traefik/dynamic/ did not reach the unchanged Traefik"
         );
+        let seconds = |name: &str| record["steps"][name].as_f64().unwrap_or_default();
         Ok(format!(
-            "2. deploy B ({}): {} ({figures}), health JSON not ok for {} (backend recreated), data kept, B's Traefik file served by the recreated Traefik",
+            "2. deploy B ({}, an expand migration): {} ({figures}; migrations {:.1} s, snapshot {:.1} s, migrate {:.1} s), health JSON not ok for {} (backend recreated), data kept, {} acknowledged writes all present ({} failed requests), B's Traefik file served by the recreated Traefik",
             b.tag,
             format_duration(out.elapsed),
-            format_duration(window.down)
+            seconds("migrations"),
+            seconds("snapshot"),
+            seconds("migrate"),
+            format_duration(window.down),
+            written.acked.len(),
+            written.failed
         ))
     }
 
@@ -228,20 +253,30 @@ impl Scenario<'_> {
     fn rollback_to_a(&mut self, a: &Release, data: &Data) -> anyhow::Result<String> {
         let (sh, lab, server) = (self.sh, self.lab, &self.server);
         let poller = Poller::start();
+        let writer = data_safety::Writer::start("writer-rollback");
         let out = self.steps.run("3. rollback", || {
-            lab.rollback(sh, server)?.expect_ok("rollback")
+            lab.rollback(sh, server, &[])?.expect_ok("rollback")
         })?;
         let window = poller.stop();
+        let written = writer.stop()?;
         one_connection(&out, "rollback")?;
         self.outputs.push(("3-rollback", out.output.clone()));
+        // The defect this guards against: A's start-up migration refused B's newer one.
         ensure!(lab.revision()? == a.commit, "rollback did not bring A back");
+        ensure!(
+            out.output
+                .contains("safe: the target release runs on these newer expand migrations"),
+            "the rollback did not apply the rule to B's expand migration:\n{}",
+            out.output
+        );
+        data_safety::check_acked(sh, "writer-rollback", &written)?;
         stack::check_data(data.user_id)?;
         ensure!(
             release_header()?.is_none(),
             "rollback left B's Traefik file in use"
         );
         Ok(format!(
-            "3. rollback to A: {}, health JSON not ok for {}, data kept, A's own Traefik file back",
+            "3. rollback to A across B's expand migration (allowed by the rule; A runs on the newer schema): {}, health JSON not ok for {}, data kept, A's own Traefik file back",
             format_duration(out.elapsed),
             format_duration(window.down)
         ))
@@ -485,7 +520,7 @@ impl Scenario<'_> {
             "the backend's container was created by compose {made_by}, not v1"
         );
         let out = self.steps.run("8. v1: rollback", || {
-            lab.rollback(sh, &v1)?
+            lab.rollback(sh, &v1, &[])?
                 .expect_ok("rollback under compose v1")
         })?;
         one_connection(&out, "rollback under v1")?;
@@ -596,6 +631,7 @@ fn build_b(sh: &Shell, lab: &Lab) -> anyhow::Result<Release> {
         "    security-headers:\n      headers:\n",
         "    security-headers:\n      headers:\n        customResponseHeaders:\n          X-E2E-Release: \"B\"\n",
     )?;
+    data_safety::add_expand_migration(lab)?;
     let dir = sh.push_dir(&lab.clone);
     commit(sh, "e2e: release B")?;
     drop(dir);
@@ -614,6 +650,16 @@ fn build_c(sh: &Shell, lab: &Lab) -> anyhow::Result<Release> {
     commit(sh, "e2e: release C, database unreachable")?;
     drop(dir);
     lab.build(sh, "C")
+}
+
+/// Adds a file to the clone; it must not be there yet.
+fn edit_new(path: &Path, text: &str) -> anyhow::Result<()> {
+    ensure!(
+        !path.exists(),
+        "`{}` already exists: update the e2e's release edits",
+        path.display()
+    );
+    fs::write(path, text).with_context(|| format!("writing `{}`", path.display()))
 }
 
 /// Edits a file of the clone; the pattern must be there (the e2e must not silently test

@@ -474,3 +474,63 @@ async fn migrate_gives_up_on_a_busy_table_and_a_slow_statement_and_changes_nothi
         Some(Kind::Expand)
     );
 }
+
+// What a PostgreSQL restart does to a running migration, for the one connection that
+// migrates: the server ends it mid-transaction (`pg_terminate_backend`, as a restart
+// would, without stopping the PostgreSQL the other tests share).
+#[tokio::test]
+async fn migration_cut_off_by_the_server_leaves_the_schema_unchanged_and_a_rerun_works() {
+    let db = TestDb::migrated().await;
+    let before = schema(&db).await;
+    let rows_before = migration_rows(&db).await;
+    let dir = migrations_dir_with(&[(
+        "20991231000003_expand_slow.sql",
+        "CREATE TABLE half_done (id BIGINT);\nSELECT pg_sleep(60);\n",
+    )]);
+    let migrator = migrator_from(&dir).await;
+    let opts = options(&db);
+    let kill = async {
+        let mut pid = None;
+        for _ in 0..400 {
+            pid = sqlx::query_scalar::<_, i32>(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+                 AND state = 'active' AND query LIKE 'CREATE TABLE half_done%'",
+            )
+            .fetch_optional(&db.pool)
+            .await
+            .unwrap();
+            if pid.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(pid.expect("the slow migration never ran"))
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert!(killed);
+    };
+    let (result, ()) = tokio::time::timeout(Duration::from_secs(40), async {
+        tokio::join!(migrations::migrate(&opts, &migrator, TIMEOUTS), kill)
+    })
+    .await
+    .expect("the cut-off migration ended");
+    let err = result.unwrap_err();
+    assert!(err.contains("20991231000003"), "{err}");
+    assert_eq!(schema(&db).await, before, "half_done must not exist");
+    assert_eq!(
+        migration_rows(&db).await,
+        rows_before,
+        "no row, no success = false row"
+    );
+    // The lock died with the connection: the release's own migrate runs at once.
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(10),
+        migrations::migrate(&options(&db), &migrations::migrator(), TIMEOUTS),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(outcome.applied.is_empty());
+}

@@ -156,6 +156,17 @@ pub(crate) fn create_data() -> anyhow::Result<i64> {
     Ok(id)
 }
 
+/// POSTs JSON to the API through Traefik as the web app does; the status.
+pub(crate) fn post_json(path: &str, body: &str) -> anyhow::Result<u16> {
+    let res = edge(
+        "POST",
+        &format!("{API}{path}"),
+        &[("Origin", ORIGIN), ("Content-Type", "application/json")],
+        Some(body),
+    )?;
+    Ok(res.status)
+}
+
 /// The user and its open clock entry are still there, read through Traefik.
 pub(crate) fn check_data(id: i64) -> anyhow::Result<()> {
     let user = edge("GET", &format!("{API}/users/{id}"), &[], None)?;
@@ -203,7 +214,7 @@ pub(crate) fn volume_exists(sh: &Shell) -> bool {
 }
 
 /// One value from `psql` inside the PostgreSQL container (as its user, over its socket).
-fn psql(sh: &Shell, query: &str) -> anyhow::Result<String> {
+pub(crate) fn psql(sh: &Shell, query: &str) -> anyhow::Result<String> {
     let out = cmd!(
         sh,
         "docker exec timemanager-postgres psql -U timemanager -d timemanager -tAc {query}"

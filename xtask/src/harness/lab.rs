@@ -383,9 +383,33 @@ impl Lab {
         self.run_xtask(sh, server, &args)
     }
 
-    pub(crate) fn rollback(&self, sh: &Shell, server: &Server) -> anyhow::Result<XtaskRun> {
+    pub(crate) fn rollback(
+        &self,
+        sh: &Shell,
+        server: &Server,
+        extra: &[&str],
+    ) -> anyhow::Result<XtaskRun> {
         let mut args = vec!["rollback".to_owned()];
         args.extend(self.server_args(server));
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        self.run_xtask(sh, server, &args)
+    }
+
+    /// `cargo xtask db SUBCOMMAND` against the server (`restore` also takes the health gate's
+    /// flags: pass them with `health`).
+    pub(crate) fn db(
+        &self,
+        sh: &Shell,
+        server: &Server,
+        subcommand: &[&str],
+        health: bool,
+    ) -> anyhow::Result<XtaskRun> {
+        let mut args = vec!["db".to_owned()];
+        args.extend(subcommand.iter().map(|s| (*s).to_owned()));
+        let server_args = self.server_args(server);
+        // `--port P --remote-dir D` first; the rest are the health gate's.
+        let take = if health { server_args.len() } else { 4 };
+        args.extend(server_args.into_iter().take(take));
         self.run_xtask(sh, server, &args)
     }
 
