@@ -201,6 +201,7 @@ impl Scenario<'_> {
     /// Step 2, release B: a real code change and a changed Traefik file, same data.
     fn deploy_b(&mut self, b: &Release, data: &Data) -> anyhow::Result<String> {
         let (sh, lab, server) = (self.sh, self.lab, &self.server);
+        let rows = data_safety::fingerprint(sh)?;
         let poller = Poller::start();
         let writer = data_safety::Writer::start("writer-b");
         let out = self.steps.run("2. deploy B", || {
@@ -212,6 +213,10 @@ impl Scenario<'_> {
         self.outputs.push(("2-deploy-B", out.output.clone()));
         let figures = deploy_figures(server)?;
         data_safety::check_acked(sh, "writer-b", &written)?;
+        ensure!(
+            data_safety::fingerprint(sh)? == rows,
+            "deploy B changed rows from before it"
+        );
         let record = server.last_record()?;
         ensure!(
             out.output
@@ -252,6 +257,7 @@ impl Scenario<'_> {
     /// Step 3: rollback to A.
     fn rollback_to_a(&mut self, a: &Release, data: &Data) -> anyhow::Result<String> {
         let (sh, lab, server) = (self.sh, self.lab, &self.server);
+        let rows = data_safety::fingerprint(sh)?;
         let poller = Poller::start();
         let writer = data_safety::Writer::start("writer-rollback");
         let out = self.steps.run("3. rollback", || {
@@ -270,6 +276,10 @@ impl Scenario<'_> {
             out.output
         );
         data_safety::check_acked(sh, "writer-rollback", &written)?;
+        ensure!(
+            data_safety::fingerprint(sh)? == rows,
+            "the rollback changed rows from before it"
+        );
         stack::check_data(data.user_id)?;
         ensure!(
             release_header()?.is_none(),

@@ -136,6 +136,20 @@ pub(crate) fn check_acked(sh: &Shell, prefix: &str, written: &Written) -> anyhow
     Ok(())
 }
 
+/// Count and checksum of the rows that are not the writer's, per table: what a deploy,
+/// rollback or restore must leave exactly as it was.
+pub(crate) fn fingerprint(sh: &Shell) -> anyhow::Result<String> {
+    let users = stack::psql(
+        sh,
+        "SELECT count(*) || ' ' || md5(coalesce(string_agg(id || ':' || username || ':' || email || ':' || created_at, ',' ORDER BY id), '')) FROM users WHERE username NOT LIKE 'writer-%'",
+    )?;
+    let entries = stack::psql(
+        sh,
+        "SELECT count(*) || ' ' || md5(coalesce(string_agg(id || ':' || user_id || ':' || clock_in || ':' || coalesce(clock_out::text, ''), ',' ORDER BY id), '')) FROM clock_entries",
+    )?;
+    Ok(format!("users {users}, clock_entries {entries}"))
+}
+
 /// `pg_dump --schema-only` of the database, without the random `\restrict` key newer
 /// pg_dump versions add.
 pub(crate) fn schema(sh: &Shell) -> anyhow::Result<String> {
@@ -227,6 +241,7 @@ impl Scenario<'_> {
     fn failing_migration(&mut self, b: &Release, f: &Release) -> anyhow::Result<String> {
         let (sh, lab, server) = (self.sh, self.lab, &self.server);
         let before = schema(sh)?;
+        let rows = fingerprint(sh)?;
         let writer = Writer::start("writer-f");
         let out = self
             .steps
@@ -250,6 +265,10 @@ impl Scenario<'_> {
             schema(sh)? == before,
             "F's failed migration changed the schema"
         );
+        ensure!(
+            fingerprint(sh)? == rows,
+            "F's deploy changed rows from before it"
+        );
         check_no_failed_migrations(sh)?;
         check_acked(sh, "writer-f", &written)?;
         Ok(format!(
@@ -265,6 +284,7 @@ impl Scenario<'_> {
         let (sh, lab, server) = (self.sh, self.lab, &self.server);
         let dir = server.base.join("snapshots");
         let before = schema(sh)?;
+        let rows = fingerprint(sh)?;
         let disk = SmallDisk::mount(sh, &dir)?;
         let out = self
             .steps
@@ -289,6 +309,7 @@ impl Scenario<'_> {
             schema(sh)? == before,
             "E's migration ran without a snapshot"
         );
+        ensure!(fingerprint(sh)? == rows, "rows changed");
         ensure!(lab.revision()? == b.commit, "B no longer serves");
         Ok("data 2. deploy E with a 64 KiB snapshot disk: refused by the free-space check before pg_dump, no .partial, nothing migrated, B serves".to_owned())
     }
@@ -298,6 +319,7 @@ impl Scenario<'_> {
     fn contract_and_restore(&mut self, b: &Release, e: &Release) -> anyhow::Result<String> {
         let (sh, lab, server) = (self.sh, self.lab, &self.server);
         let b_schema = schema(sh)?;
+        let rows = fingerprint(sh)?;
         let writer = Writer::start("writer-e");
         let deploy = self
             .steps
@@ -352,6 +374,10 @@ impl Scenario<'_> {
             "B does not serve after the restore"
         );
         ensure!(schema(sh)? == b_schema, "the restored schema is not B's");
+        ensure!(
+            fingerprint(sh)? == rows,
+            "the rows from before the snapshot are not back as they were"
+        );
         check_no_failed_migrations(sh)?;
         ensure!(
             restore.output.contains("rows per table") && restore.output.contains("rescue dump"),
