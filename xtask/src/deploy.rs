@@ -67,15 +67,9 @@ impl flags::Rollback {
 
 impl flags::Releases {
     pub(crate) fn run(self, sh: &Shell) -> anyhow::Result<()> {
-        let (target, redactor) = server_target(&self.server, &settings::from_process_env)?;
-        let session = Session::open(sh, &target, &redactor)?;
-        let remote = ServerScripts::read_only(&target);
-        let text = session.run(
-            sh,
-            "listing releases",
-            &remote.list_releases(),
-            Stdout::Capture,
-        )?;
+        let text = read_only(sh, &self.server, "listing releases", |remote| {
+            remote.list_releases()
+        })?;
         print!("{}", format_releases(&parse_releases(&text)));
         Ok(())
     }
@@ -149,6 +143,23 @@ impl flags::ServerSetup {
         );
         Ok(())
     }
+}
+
+/// Runs one read-only script on the server; its stdout.
+fn read_only(
+    sh: &Shell,
+    server: &flags::Server,
+    what: &str,
+    script: impl FnOnce(&ServerScripts) -> scripts::Script,
+) -> anyhow::Result<String> {
+    let (target, redactor) = server_target(server, &settings::from_process_env)?;
+    let session = Session::open(sh, &target, &redactor)?;
+    session.run(
+        sh,
+        what,
+        &script(&ServerScripts::read_only(&target)),
+        Stdout::Capture,
+    )
 }
 
 /// Reads only what talking to the server needs.
@@ -371,15 +382,9 @@ impl flags::Db {
         match self.command {
             flags::DbCommand::Snapshot(cmd) => db_snapshot(sh, &cmd, env),
             flags::DbCommand::Snapshots(cmd) => {
-                let (target, redactor) = server_target(&cmd.server, env)?;
-                let session = Session::open(sh, &target, &redactor)?;
-                let remote = ServerScripts::read_only(&target);
-                let text = session.run(
-                    sh,
-                    "listing snapshots",
-                    &remote.list_snapshots(),
-                    Stdout::Capture,
-                )?;
+                let text = read_only(sh, &cmd.server, "listing snapshots", |remote| {
+                    remote.list_snapshots()
+                })?;
                 print!("{}", migrations::format_snapshots(&text));
                 Ok(())
             }
