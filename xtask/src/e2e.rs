@@ -428,8 +428,16 @@ impl Scenario<'_> {
             lab.revision()? == b.commit,
             "B is not serving after the concurrent deploys"
         );
+        // B again converges: its migration is applied, so no snapshot and no migration.
+        ensure!(
+            first
+                .output
+                .contains("is pending: no snapshot, no migration"),
+            "deploying B a second time did not find its migrations applied:\n{}",
+            first.output
+        );
         let line = format!(
-            "6. concurrent deploys: second failed after {} naming the holder; first succeeded in {}",
+            "6. concurrent deploys: second failed after {} naming the holder; first (B again: no migration pending, no snapshot) succeeded in {}",
             format_duration(second.elapsed),
             format_duration(first.elapsed)
         );
