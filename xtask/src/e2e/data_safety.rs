@@ -193,14 +193,12 @@ fn snapshot_files(server: &Server) -> Vec<String> {
 struct SmallDisk(PathBuf);
 
 impl SmallDisk {
-    fn mount(sh: &Shell, dir: &Path) -> anyhow::Result<SmallDisk> {
+    fn mount(sh: &Shell, dir: &Path, options: &str) -> anyhow::Result<SmallDisk> {
         fs::create_dir_all(dir)?;
-        cmd!(
-            sh,
-            "mount -t tmpfs -o size=64k,mode=700 e2e-small-disk {dir}"
-        )
-        .quiet()
-        .run()?;
+        let options = format!("{options},mode=700");
+        cmd!(sh, "mount -t tmpfs -o {options} e2e-small-disk {dir}")
+            .quiet()
+            .run()?;
         Ok(SmallDisk(dir.to_owned()))
     }
 }
@@ -285,33 +283,57 @@ impl Scenario<'_> {
         let dir = server.base.join("snapshots");
         let before = schema(sh)?;
         let rows = fingerprint(sh)?;
-        let disk = SmallDisk::mount(sh, &dir)?;
-        let out = self
-            .steps
-            .run("data 2. deploy E onto a full snapshot disk", || {
-                lab.deploy(sh, server, e, &[])
-            })?;
-        let partials: Vec<String> = snapshot_files(server)
-            .into_iter()
-            .filter(|name| name.ends_with(".partial"))
-            .collect();
-        drop(disk);
-        self.outputs
-            .push(("data-2-deploy-E-disk-full", out.output.clone()));
-        ensure!(!out.ok, "deploy E succeeded with no room for its snapshot");
-        ensure!(
-            out.output.contains("less than twice the database's"),
-            "deploy E did not stop at the free-space check:\n{}",
-            out.output
-        );
-        ensure!(partials.is_empty(), "left behind: {partials:?}");
-        ensure!(
-            schema(sh)? == before,
-            "E's migration ran without a snapshot"
-        );
-        ensure!(fingerprint(sh)? == rows, "rows changed");
-        ensure!(lab.revision()? == b.commit, "B no longer serves");
-        Ok("data 2. deploy E with a 64 KiB snapshot disk: refused by the free-space check before pg_dump, no .partial, nothing migrated, B serves".to_owned())
+        // Too small for the free-space check; then room enough but no file can be created,
+        // so pg_dump's output fails as on a full disk.
+        let disks = [
+            (
+                "size=64k",
+                "less than twice the database's",
+                "64 KiB: refused by the free-space check before pg_dump",
+            ),
+            (
+                "size=64m,nr_inodes=1",
+                "failed (disk full?)",
+                "no free inode: pg_dump's output failed (ENOSPC)",
+            ),
+        ];
+        let mut seen = Vec::new();
+        for (options, message, what) in disks {
+            let disk = SmallDisk::mount(sh, &dir, options)?;
+            let out = self
+                .steps
+                .run("data 2. deploy E onto a full snapshot disk", || {
+                    lab.deploy(sh, server, e, &[])
+                })?;
+            let partials: Vec<String> = snapshot_files(server)
+                .into_iter()
+                .filter(|name| name.ends_with(".partial"))
+                .collect();
+            drop(disk);
+            self.outputs
+                .push(("data-2-deploy-E-disk-full", out.output.clone()));
+            ensure!(
+                !out.ok,
+                "deploy E succeeded with no room for its snapshot ({options})"
+            );
+            ensure!(
+                out.output.contains(message),
+                "deploy E onto {options} did not stop at the snapshot with `{message}`:\n{}",
+                out.output
+            );
+            ensure!(partials.is_empty(), "left behind: {partials:?}");
+            ensure!(
+                schema(sh)? == before,
+                "E's migration ran without a snapshot"
+            );
+            ensure!(fingerprint(sh)? == rows, "rows changed");
+            ensure!(lab.revision()? == b.commit, "B no longer serves");
+            seen.push(what);
+        }
+        Ok(format!(
+            "data 2. deploy E onto a small snapshot disk, twice ({}): stopped before migrating, no .partial, schema and rows unchanged, B serves",
+            seen.join("; ")
+        ))
     }
 
     /// Data 3: E's contract migration; the rollback to B is refused, then done with

@@ -18,6 +18,7 @@ table_counts | sed 's/^count/before/'
 new="${pg_db}_restore"
 old="${pg_db}_replaced"
 psql_in postgres <<SQL
+SET client_min_messages = warning;
 DROP DATABASE IF EXISTS "$new" WITH (FORCE);
 CREATE DATABASE "$new" OWNER "$pg_user";
 SQL
