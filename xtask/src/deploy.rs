@@ -244,7 +244,7 @@ fn deploy(sh: &Shell, flags: &flags::Deploy, env: Lookup<'_>) -> anyhow::Result<
     );
     if flags.dry_run {
         println!(
-            "Deploy of {tag} to {} ({}), dry run: nothing is sent.\n",
+            "Deploy of {tag} to {} ({}), dry run: nothing changes (only the database's migrations are read, when the server can be reached).\n",
             if target.host.is_empty() {
                 "<HETZNER_HOST>".to_owned()
             } else {
@@ -253,7 +253,7 @@ fn deploy(sh: &Shell, flags: &flags::Deploy, env: Lookup<'_>) -> anyhow::Result<
             target.base
         );
         print!("{}", plan.describe());
-        print!("{}", local_migrations());
+        print!("{}", dry_run_migrations(sh, &target, &redactor));
         if let Err(err) = problems.into_result() {
             eprintln!("\nnote: a real run would stop at the preflight: {err:#}");
         }
@@ -425,27 +425,28 @@ fn db_snapshot(sh: &Shell, cmd: &flags::DbSnapshot, env: Lookup<'_>) -> anyhow::
     Ok(())
 }
 
-/// The migrations of this checkout's release, for `--dry-run` (which never connects: the
-/// deploy itself prints which of them the server's database lacks).
-fn local_migrations() -> String {
-    let dir = project::root().join("backend/migrations");
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|name| name.ends_with(".sql"))
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    let mut out = String::from(
-        "\nThe release's migrations (backend/migrations/). The `migrations` step compares them with the server's _sqlx_migrations and prints the pending ones; only then do `snapshot` and `migrate` run:\n",
-    );
-    for name in names {
-        out.push_str(&format!("    {name}\n"));
-    }
-    out
+/// The migrations `--dry-run` shows: this checkout's, and the pending ones when the server
+/// can be read (one read-only script; nothing changes).
+fn dry_run_migrations(sh: &Shell, target: &Target, redactor: &Redactor) -> String {
+    let known = match migrations::local_release(&project::root().join("backend/migrations")) {
+        Ok(known) => known,
+        Err(err) => return format!("\nThe release's migrations cannot be read: {err:#}\n"),
+    };
+    let applied = if target.host.is_empty() {
+        Err("no server: set HETZNER_HOST or --host".to_owned())
+    } else {
+        Session::open(sh, target, redactor)
+            .and_then(|session| {
+                session.run(
+                    sh,
+                    "reading the server's migrations",
+                    &ServerScripts::read_only(target).database_state(),
+                    Stdout::Capture,
+                )
+            })
+            .map_err(|err| format!("{err:#}"))
+    };
+    migrations::dry_run(known, applied)
 }
 
 #[cfg(test)]

@@ -3,9 +3,10 @@
 //! migrates only when migrations are pending; a rollback goes ahead only when the rule of
 //! `timemanager-migration-rule` (the backend's own) says the target runs on this schema.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, path::Path};
 
 use anyhow::{Context, bail};
+use sha2::{Digest as _, Sha384};
 use timemanager_migration_rule::{Record, Verdict, verdict};
 
 /// What the migration-state step reported.
@@ -242,6 +243,74 @@ pub(crate) fn refusal(target: &str, state: &MigrationState) -> String {
     out
 }
 
+/// A checkout's migrations as its release's backend will list them: version, sqlx's
+/// description (the name after the version, `_` as spaces) and checksum (SHA-384 of the
+/// file), for `--dry-run`, which has no release image yet.
+pub(crate) fn local_release(dir: &Path) -> anyhow::Result<Vec<Record>> {
+    let mut records = Vec::new();
+    for entry in fs_entries(dir)? {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".sql") else {
+            continue;
+        };
+        let (version, rest) = stem
+            .split_once('_')
+            .with_context(|| format!("`{name}` in {} has no version", dir.display()))?;
+        let sql = std::fs::read(entry.path())
+            .with_context(|| format!("reading {}", entry.path().display()))?;
+        records.push(Record {
+            version: version
+                .parse()
+                .with_context(|| format!("`{name}` in {}: version `{version}`", dir.display()))?,
+            description: rest.replace('_', " "),
+            checksum: crate::digest::hex(&Sha384::digest(&sql)),
+        });
+    }
+    records.sort_by_key(|r| r.version);
+    Ok(records)
+}
+
+fn fs_entries(dir: &Path) -> anyhow::Result<Vec<std::fs::DirEntry>> {
+    std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .map(|entry| entry.with_context(|| format!("reading {}", dir.display())))
+        .collect()
+}
+
+/// The `--dry-run` text: the release's migrations, and which are pending when the server's
+/// `_sqlx_migrations` could be read (`applied` is what the read printed, or why it failed).
+pub(crate) fn dry_run(known: Vec<Record>, applied: Result<String, String>) -> String {
+    let mut out = String::from("\nThe release's migrations (backend/migrations/):\n");
+    for r in &known {
+        let _ = writeln!(out, "    {} {}", r.version, r.description);
+    }
+    match applied {
+        Ok(text) => match MigrationState::parse(&text) {
+            Ok(mut state) => {
+                state.known = known;
+                let _ = writeln!(
+                    out,
+                    "The server's database now: {}.",
+                    state.describe_pending()
+                );
+            }
+            Err(err) => {
+                let _ = writeln!(
+                    out,
+                    "The server's _sqlx_migrations could not be read: {err:#}."
+                );
+            }
+        },
+        Err(why) => {
+            let _ = writeln!(
+                out,
+                "Which are pending is read from the server's _sqlx_migrations, which this dry run could not reach ({why}); the deploy prints them, and runs `snapshot` and `migrate` only for pending ones."
+            );
+        }
+    }
+    out
+}
+
 fn describe<'a>(records: impl Iterator<Item = &'a Record>) -> String {
     records
         .map(|r| format!("{} {}", r.version, r.description))
@@ -385,6 +454,36 @@ snapshot\t/opt/timemanager/snapshots/20261201T110000Z-0123456.pgdump\t2048
         assert!(
             other.contains("--restore 20261201T120000Z-abc1234.pgdump"),
             "{other}"
+        );
+    }
+
+    #[test]
+    fn local_release_reads_versions_descriptions_and_checksums_like_sqlx() {
+        let dir = crate::project::root().join("backend/migrations");
+        let records = local_release(&dir).unwrap();
+        assert!(records.len() >= 2);
+        assert_eq!(records[0].version, 20251125000001);
+        assert_eq!(records[0].description, "expand create users");
+        assert_eq!(records[0].checksum.len(), 96);
+        assert!(records.windows(2).all(|w| w[0].version < w[1].version));
+    }
+
+    #[test]
+    fn dry_run_names_the_pending_migrations_or_says_why_it_cannot() {
+        let known = MigrationState::parse(STATE).unwrap().known;
+        let text = dry_run(
+            known.clone(),
+            Ok("database\ttimemanager\napplied\t1\texpand create users\tt\taa\n".to_owned()),
+        );
+        assert!(text.contains("    2 expand add note\n"), "{text}");
+        assert!(
+            text.contains("The server's database now: 1 pending: 2 expand add note."),
+            "{text}"
+        );
+        let offline = dry_run(known, Err("no HETZNER_HOST".to_owned()));
+        assert!(
+            offline.contains("could not reach (no HETZNER_HOST)"),
+            "{offline}"
         );
     }
 

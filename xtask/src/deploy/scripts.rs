@@ -41,6 +41,7 @@ const SERVER_SETUP: &str = include_str!("scripts/server_setup.sh");
 /// Helpers of the database steps, put before their files.
 const DB: &str = include_str!("scripts/db.sh");
 const MIGRATION_STATE: &str = include_str!("scripts/migration_state.sh");
+const DATABASE_STATE: &str = include_str!("scripts/database_state.sh");
 const SNAPSHOT: &str = include_str!("scripts/snapshot.sh");
 const MIGRATE: &str = include_str!("scripts/migrate.sh");
 const LIST_SNAPSHOTS: &str = include_str!("scripts/list_snapshots.sh");
@@ -70,6 +71,7 @@ pub(crate) const FILES: &[(&str, &str)] = &[
     ("server_setup.sh", SERVER_SETUP),
     ("db.sh", DB),
     ("migration_state.sh", MIGRATION_STATE),
+    ("database_state.sh", DATABASE_STATE),
     ("snapshot.sh", SNAPSHOT),
     ("migrate.sh", MIGRATE),
     ("list_snapshots.sh", LIST_SNAPSHOTS),
@@ -480,9 +482,14 @@ impl ServerScripts {
         values.value("tag", tag);
         self.wrap(
             &values,
-            &format!("{DB}{MIGRATION_STATE}{LIST_SNAPSHOTS}"),
+            &format!("{DB}{MIGRATION_STATE}{DATABASE_STATE}{LIST_SNAPSHOTS}"),
             false,
         )
+    }
+
+    /// Only the database's side of [`ServerScripts::migration_state`], for `--dry-run`.
+    pub(crate) fn database_state(&self) -> Script {
+        self.wrap(&Script::new(), &format!("{DB}{DATABASE_STATE}"), false)
     }
 
     /// `pg_dump -Fc` inside the PostgreSQL container to `snapshots/<time>-<current>.pgdump`,

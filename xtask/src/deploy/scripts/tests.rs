@@ -97,6 +97,7 @@ fn all_scripts() -> Vec<(&'static str, Script)> {
         ("cleanup", r.cleanup()),
         ("list releases", r.list_releases()),
         ("migration state", r.migration_state("abc1234")),
+        ("database state", r.database_state()),
         ("snapshot", r.snapshot(10)),
         ("migrate", r.migrate("abc1234")),
         ("list snapshots", r.list_snapshots()),
