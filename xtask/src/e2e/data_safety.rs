@@ -342,6 +342,16 @@ impl Scenario<'_> {
         let (sh, lab, server) = (self.sh, self.lab, &self.server);
         let b_schema = schema(sh)?;
         let rows = fingerprint(sh)?;
+        let dry = lab
+            .deploy(sh, server, e, &["--dry-run"])?
+            .expect_ok("deploy E --dry-run")?;
+        ensure!(
+            dry.output.contains(&format!(
+                "The server's database now: 1 pending: {CONTRACT_DESCRIPTION}."
+            )),
+            "the dry run does not name E's pending migration:\n{}",
+            dry.output
+        );
         let writer = Writer::start("writer-e");
         let deploy = self
             .steps
@@ -419,7 +429,7 @@ impl Scenario<'_> {
         )?
         .parse()?;
         Ok(format!(
-            "data 3. deploy E (contract): {} (of which migrations+snapshot+migrate {migrate:.1} s); rollback to B refused naming `{CONTRACT_DESCRIPTION}` and the snapshot; `--restore {snapshot}`: {}, B serves on B's schema, rescue dump {}, {} of {} writer rows from before the snapshot kept (the rest is the printed window, in the rescue dump)",
+            "data 3. `deploy --dry-run` of E names its pending contract migration; deploy E: {} (of which migrations+snapshot+migrate {migrate:.1} s); rollback to B refused naming `{CONTRACT_DESCRIPTION}` and the snapshot; `--restore {snapshot}`: {}, B serves on B's schema, rescue dump {}, {} of {} writer rows from before the snapshot kept (the rest is the printed window, in the rescue dump)",
             format_duration(deploy.elapsed),
             format_duration(restore.elapsed),
             rescues[0],
