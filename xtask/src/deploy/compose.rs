@@ -248,6 +248,15 @@ mod tests {
                 drain > interval + timeout,
                 "{service}: a drain of {drain} s ends before Traefik's health check ({interval} s + {timeout} s) surely saw it"
             );
+            // Traefik rebuilds its routes on every container event and starts its own check
+            // over; only Docker's `unhealthy` keeps a draining container out for good, and it
+            // must come (retries failed probes, then Traefik's reload) before the drain ends.
+            let docker_interval = seconds(&block, "interval");
+            let retries = seconds(&block, "retries");
+            assert!(
+                drain > docker_interval * retries + f64::from(SWITCH_SETTLE_SECONDS),
+                "{service}: a drain of {drain} s ends before Docker calls it unhealthy ({retries} probes every {docker_interval} s) and Traefik drops it"
+            );
             let stop = seconds(&block, "stop_grace_period");
             assert_eq!(stop, f64::from(STOP_GRACE_SECONDS), "{service}");
             assert!(
