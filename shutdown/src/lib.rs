@@ -27,10 +27,11 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 /// does after it (the backend closes its database pool and flushes traces).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
-/// Drain period when `SHUTDOWN_DRAIN_SECONDS` is unset: Traefik probes `/health` every
-/// 10 s (`loadbalancer.healthcheck.interval` in `docker-compose.prod.yml`), so the first
-/// 503 is seen at most 10 s after SIGTERM; 2 s more cover the probe's round trip and
-/// Traefik updating its routes. Keep it above that interval if the interval changes.
+/// Drain period when `SHUTDOWN_DRAIN_SECONDS` is unset: long enough for a load balancer
+/// probing `/health` every 10 s to see the first 503, plus 2 s for the probe's round trip
+/// and the route update. Production sets its own value in `docker-compose.prod.yml`, above
+/// Traefik's `loadbalancer.healthcheck` interval + timeout there (a test of the deploy's
+/// compose contract checks it).
 pub const DEFAULT_SHUTDOWN_DRAIN: Duration = Duration::from_secs(12);
 
 /// Longest accepted drain: the container's stop timeout has to cover it, and a larger

@@ -10,17 +10,20 @@
 //! - A: the working tree, committed;
 //! - B: A plus a code change (another binary, another revision) and a changed Traefik
 //!   configuration file (a response header), which must reach the unchanged Traefik;
-//! - C: B with a backend that cannot reach the database (it connects to a wrong port).
+//! - C: B with a backend that cannot reach the database (it connects to a wrong port);
+//! - D: B's files with another code change (`e2e/zero_downtime.rs`).
 //!
 //! Each deploy runs the clone's own `cargo xtask deploy`, as CI would on that commit. The
 //! scenario is numbered steps, one function each, that each return their report line; a step
 //! builds on the server state the previous one left, so they run in order and the first
 //! failure ends the run. Steps 1 to 7 run under compose v2 (production's) with the
-//! monitoring profile; step 8 deploys and rolls back under compose v1 on the same lab.
+//! monitoring profile; step 8 deploys and rolls back under compose v1 on the same lab. Steps
+//! 7b and 8b are the zero-downtime switches under load, under v2 and v1.
 
 mod data_safety;
 mod probes;
 mod stack;
+mod zero_downtime;
 
 use std::{
     fs,
@@ -107,7 +110,19 @@ fn scenario(sh: &Shell, lab: &mut Lab, steps: &mut Steps) -> anyhow::Result<Stri
     report.push(run.concurrent_deploys(&b)?);
     report.extend(run.data_safety(&b)?);
     report.push(run.monitoring(&shared_root)?);
+    let d = run.steps.run("build D (B's files, a code change)", || {
+        zero_downtime::build_d(sh, lab, &b)
+    })?;
+    let switches = zero_downtime::Releases {
+        b: &b,
+        c: &c,
+        d: &d,
+    };
+    let main = run.server.clone();
+    report.extend(run.zero_downtime("7b", &main, &switches, &data)?);
     report.push(run.compose_v1(&a, &b, &data)?);
+    let v1 = lab.server("timemanager-v1", Compose::V1, false);
+    report.extend(run.zero_downtime("8b", &v1, &switches, &data)?);
     report.push(run.secrets(scanner)?);
     ensure!(
         leftover_ssh_dirs().is_empty(),
@@ -242,7 +257,7 @@ impl Scenario<'_> {
         );
         let seconds = |name: &str| record["steps"][name].as_f64().unwrap_or_default();
         Ok(format!(
-            "2. deploy B ({}, an expand migration): {} ({figures}; migrations {:.1} s, snapshot {:.1} s, migrate {:.1} s), health JSON not ok for {} (backend recreated), data kept, {} acknowledged writes all present ({} failed requests), B's Traefik file served by the recreated Traefik",
+            "2. deploy B ({}, an expand migration): {} ({figures}; migrations {:.1} s, snapshot {:.1} s, migrate {:.1} s), health JSON not ok for {} (Traefik recreated for its changed file), data kept, {} acknowledged writes all present ({} failed requests), B's Traefik file served by the recreated Traefik",
             b.tag,
             format_duration(out.elapsed),
             seconds("migrations"),
@@ -532,7 +547,7 @@ impl Scenario<'_> {
                 format_duration(out.elapsed)
             ));
         }
-        let made_by = stack::created_by(sh, "timemanager-backend")?;
+        let made_by = stack::created_by(sh, "backend")?;
         ensure!(
             made_by.starts_with("1."),
             "the backend's container was created by compose {made_by}, not v1"

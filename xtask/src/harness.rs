@@ -2,8 +2,9 @@
 //! `dockerd` and PostgreSQL (`docker.rs`, `postgres.rs`), Debian's `docker-registry` with no
 //! auth, htpasswd or our token server (`registry.rs`, `token_server.rs`), a fault-injecting
 //! proxy (`fault_proxy.rs`), sshd (`sshd.rs`), all run as daemons through `daemon.rs`;
-//! small HTTP helpers (`http.rs`); the deploy lab that e2e and bench share (`lab.rs`), and
-//! its stand-ins for third-party images under their production names (`lab_images.rs`).
+//! small HTTP helpers (`http.rs`); the deploy lab that e2e and bench share (`lab.rs`), its
+//! stand-ins for third-party images under their production names (`lab_images.rs`), and a
+//! bounded load generator through the lab's Traefik (`load.rs`).
 
 pub(crate) mod daemon;
 pub(crate) mod docker;
@@ -11,6 +12,7 @@ pub(crate) mod fault_proxy;
 pub(crate) mod http;
 pub(crate) mod lab;
 pub(crate) mod lab_images;
+pub(crate) mod load;
 pub(crate) mod postgres;
 pub(crate) mod registry;
 pub(crate) mod sshd;

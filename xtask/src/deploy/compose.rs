@@ -1,11 +1,27 @@
 //! The compose contract between the deploy and `docker-compose.prod.yml`: the file, the
-//! project name, and every variable the file reads, i.e. every line of the `.env` the deploy
-//! writes (a test keeps the list and the file equal).
+//! project name, every variable the file reads, i.e. every line of the `.env` the deploy
+//! writes (a test keeps the list and the file equal), and what the zero-downtime switch of
+//! the app services needs from their definitions (a test checks those too).
 
 pub(crate) const COMPOSE_FILE: &str = "docker-compose.prod.yml";
 
 /// The compose project name the deploy uses, so volumes survive new release directories.
 pub(crate) const COMPOSE_PROJECT: &str = "timemanager";
+
+/// The app services a deploy switches side by side (`scripts/switch_services.sh`): no
+/// `container_name` and no host port (two containers run at once), a health check, and a
+/// drain on SIGTERM longer than Traefik's load-balancer health check takes to notice it.
+/// Every other service (PostgreSQL, Traefik, monitoring) is recreated in place, stop first.
+pub(crate) const SWITCHED_SERVICES: &[&str] = &["backend", "frontend"];
+
+/// `stop_grace_period` of the switched services, which the switch also gives `docker stop`
+/// (compose v1 does not copy it into the container's own stop timeout).
+pub(crate) const STOP_GRACE_SECONDS: u32 = 30;
+
+/// Seconds the switch waits between the new containers turning healthy and the old ones
+/// starting to drain: Traefik's docker provider applies a change up to 2 s after the event
+/// (`providersThrottleDuration`).
+pub(crate) const SWITCH_SETTLE_SECONDS: u32 = 3;
 
 /// One variable docker-compose.prod.yml interpolates, i.e. one line of the `.env` the deploy writes.
 #[derive(Debug)]
@@ -163,6 +179,103 @@ mod tests {
                 found.default, var.default,
                 "`{}` has default {:?} in {COMPOSE_FILE} but {:?} in ENV_VARS (every use must agree)",
                 found.name, found.default, var.default
+            );
+        }
+    }
+
+    /// The lines of service `name`'s block in the compose file (indented under it).
+    fn service_block<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+        let header = format!("  {name}:");
+        text.lines()
+            .skip_while(|line| *line != header)
+            .skip(1)
+            .take_while(|line| line.is_empty() || line.starts_with("    "))
+            .collect()
+    }
+
+    /// The value of `key: value` in a block, quotes and a unit suffix `s` removed.
+    fn seconds(block: &[&str], key: &str) -> f64 {
+        let line = block
+            .iter()
+            .find_map(|line| line.trim().strip_prefix(&format!("{key}:")))
+            .unwrap_or_else(|| panic!("no `{key}` in {block:?}"));
+        line.trim()
+            .trim_matches('"')
+            .trim_end_matches('s')
+            .parse()
+            .unwrap_or_else(|_| panic!("`{key}: {line}` is not a number of seconds"))
+    }
+
+    /// The switch runs two containers of an app service at once and drains the old one;
+    /// PostgreSQL and Traefik keep their fixed names (stop first, as documented).
+    #[test]
+    fn switched_services_can_run_twice_and_drain_before_they_stop() {
+        let text = fs::read_to_string(project::root().join(COMPOSE_FILE)).unwrap();
+        // The in-flight grace of the binaries after their drain, and the backend's pool close.
+        let shutdown = fs::read_to_string(project::root().join("shutdown/src/lib.rs")).unwrap();
+        let grace: f64 = shutdown
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix("pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(")
+            })
+            .and_then(|rest| rest.strip_suffix(");"))
+            .expect("SHUTDOWN_GRACE in shutdown/src/lib.rs")
+            .parse()
+            .unwrap();
+        let pool_close = 5.0;
+        for service in SWITCHED_SERVICES {
+            let block = service_block(&text, service);
+            assert!(
+                !block.is_empty(),
+                "no service `{service}` in {COMPOSE_FILE}"
+            );
+            for forbidden in ["container_name:", "ports:"] {
+                assert!(
+                    !block.iter().any(|line| line.trim().starts_with(forbidden)),
+                    "{service} has `{forbidden}`: two containers of it could not run at once"
+                );
+            }
+            let drain = seconds(&block, "SHUTDOWN_DRAIN_SECONDS");
+            let interval = seconds(
+                &block,
+                &format!("traefik.http.services.{service}.loadbalancer.healthcheck.interval"),
+            );
+            let timeout = seconds(
+                &block,
+                &format!("traefik.http.services.{service}.loadbalancer.healthcheck.timeout"),
+            );
+            assert!(
+                drain > interval + timeout,
+                "{service}: a drain of {drain} s ends before Traefik's health check ({interval} s + {timeout} s) surely saw it"
+            );
+            // Traefik rebuilds its routes on every container event and starts its own check
+            // over; only Docker's `unhealthy` keeps a draining container out for good, and it
+            // must come (retries failed probes, then Traefik's reload) before the drain ends.
+            let docker_interval = seconds(&block, "interval");
+            let retries = seconds(&block, "retries");
+            assert!(
+                drain > docker_interval * retries + f64::from(SWITCH_SETTLE_SECONDS),
+                "{service}: a drain of {drain} s ends before Docker calls it unhealthy ({retries} probes every {docker_interval} s) and Traefik drops it"
+            );
+            let stop = seconds(&block, "stop_grace_period");
+            assert_eq!(stop, f64::from(STOP_GRACE_SECONDS), "{service}");
+            assert!(
+                stop > drain + grace + pool_close,
+                "{service}: stop_grace_period {stop} s is not above drain {drain} s + in-flight {grace} s + {pool_close} s"
+            );
+            assert!(
+                block.iter().any(|line| line.trim() == "healthcheck:"),
+                "{service} has no health check: the switch could not tell when it is ready"
+            );
+        }
+        for (service, name) in [
+            ("postgres", "timemanager-postgres"),
+            ("traefik", "timemanager-traefik"),
+        ] {
+            let block = service_block(&text, service);
+            assert!(
+                block.contains(&format!("    container_name: {name}").as_str()),
+                "{service} lost its fixed name {name}"
             );
         }
     }

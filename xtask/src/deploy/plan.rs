@@ -376,7 +376,10 @@ pub(crate) fn rollback_plan(
 fn activation(scripts: &ServerScripts, tag: &str, profiles: &[String], gate: &Gate) -> Vec<Step> {
     vec![
         step("switch current", Action::Remote(scripts.switch(tag))),
-        step("start", Action::Remote(scripts.start(profiles))),
+        step(
+            "start",
+            Action::Remote(scripts.start(profiles, gate.timeout)),
+        ),
         step(
             "health gate",
             Action::HealthGate {
@@ -397,7 +400,7 @@ fn fall_back(scripts: &ServerScripts, tag: &str, gate: &Gate) -> Vec<Step> {
         // The previous release's own `.env` says which profiles it ran with.
         step(
             "start the previous release",
-            Action::Remote(scripts.start(&[])),
+            Action::Remote(scripts.start(&[], gate.timeout)),
         ),
         step(
             "health gate (previous release)",

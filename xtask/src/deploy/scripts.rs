@@ -10,9 +10,10 @@
 //! What a script prints for the deploying machine is parsed next to it: [`parse_facts`] here,
 //! `releases::parse_releases` and `health::parse_states` with their scripts.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, time::Duration};
 
 use crate::deploy::{
+    compose::{STOP_GRACE_SECONDS, SWITCH_SETTLE_SECONDS, SWITCHED_SERVICES},
     secrets::Secret,
     settings::{ComposeChoice, Credentials, EnvLine, EnvValue, Target},
     upload::{OVERRIDE_FILE, Upload},
@@ -29,6 +30,7 @@ const PULL: &str = include_str!("scripts/pull.sh");
 const SWITCH: &str = include_str!("scripts/switch.sh");
 const SWITCH_BACK: &str = include_str!("scripts/switch_back.sh");
 const START: &str = include_str!("scripts/start.sh");
+const SWITCH_SERVICES: &str = include_str!("scripts/switch_services.sh");
 pub(crate) const CONTAINER_STATES: &str = include_str!("scripts/container_states.sh");
 const FAILING_LOGS: &str = include_str!("scripts/failing_logs.sh");
 const RECORD: &str = include_str!("scripts/record.sh");
@@ -60,6 +62,7 @@ pub(crate) const FILES: &[(&str, &str)] = &[
     ("switch.sh", SWITCH),
     ("switch_back.sh", SWITCH_BACK),
     ("start.sh", START),
+    ("switch_services.sh", SWITCH_SERVICES),
     ("container_states.sh", CONTAINER_STATES),
     ("failing_logs.sh", FAILING_LOGS),
     ("record.sh", RECORD),
@@ -400,15 +403,27 @@ impl ServerScripts {
         self.wrap(&values, SWITCH_BACK, true)
     }
 
-    /// `up -d --remove-orphans` for the current release, then recreates the services whose
-    /// mounted configuration files differ from the current release's.
-    pub(crate) fn start(&self, profiles: &[String]) -> Script {
+    /// Starts the current release: the app services whose container changes switch side by
+    /// side (`switch_services.sh`: the new container healthy within `switch_timeout`, then the
+    /// old one drained and removed), every other service `up -d --remove-orphans` in place;
+    /// then recreates the services whose mounted configuration files differ.
+    pub(crate) fn start(&self, profiles: &[String], switch_timeout: Duration) -> Script {
         let args: Vec<&str> = profiles
             .iter()
             .flat_map(|profile| ["--profile", profile.as_str()])
             .collect();
         let mut values = Script::new();
-        values.array("profile_args", &args);
+        values
+            .array("profile_args", &args)
+            .array("switched", SWITCHED_SERVICES)
+            .value(
+                "switch_timeout",
+                &switch_timeout.as_secs().max(1).to_string(),
+            )
+            .value("stop_grace", &STOP_GRACE_SECONDS.to_string())
+            .value("settle", &SWITCH_SETTLE_SECONDS.to_string())
+            .value("log_lines", "40")
+            .text(SWITCH_SERVICES);
         self.wrap(&values, START, true)
     }
 

@@ -284,14 +284,35 @@ pub(crate) fn running_services(sh: &Shell) -> anyhow::Result<Vec<String>> {
     Ok(services)
 }
 
-/// `com.docker.compose.version` of a container: which compose created it.
-pub(crate) fn created_by(sh: &Shell, container: &str) -> anyhow::Result<String> {
+/// `com.docker.compose.version` of a service's container: which compose created it.
+pub(crate) fn created_by(sh: &Shell, service: &str) -> anyhow::Result<String> {
+    let ids = container_ids(sh, Some(service))?;
+    let id = ids
+        .first()
+        .with_context(|| format!("no running container of service {service}"))?;
     let format = "{{index .Config.Labels \"com.docker.compose.version\"}}";
-    Ok(cmd!(sh, "docker inspect --format {format} {container}")
+    Ok(cmd!(sh, "docker inspect --format {format} {id}")
         .quiet()
         .read()?
         .trim()
         .to_owned())
+}
+
+/// The ids of the project's running containers (of one service, or all), sorted: the app
+/// services have no fixed container names, a release switch gives them new containers.
+pub(crate) fn container_ids(sh: &Shell, service: Option<&str>) -> anyhow::Result<Vec<String>> {
+    let project = "label=com.docker.compose.project=timemanager";
+    let service = service.map(|service| format!("label=com.docker.compose.service={service}"));
+    let filter = service.as_ref().map(|_| "--filter");
+    let out = cmd!(
+        sh,
+        "docker ps -q --no-trunc --filter {project} {filter...} {service...}"
+    )
+    .quiet()
+    .read()?;
+    let mut ids: Vec<String> = out.lines().map(str::to_owned).collect();
+    ids.sort();
+    Ok(ids)
 }
 
 /// For a failure report: the project's containers and the last log lines of the ones that
@@ -303,11 +324,9 @@ pub(crate) fn state_report(sh: &Shell) -> String {
         .quiet()
         .read()
         .unwrap_or_default();
-    for container in [
-        "timemanager-backend",
-        "timemanager-traefik",
-        "timemanager-postgres",
-    ] {
+    let backends = container_ids(sh, Some("backend")).unwrap_or_default();
+    let named = ["timemanager-traefik", "timemanager-postgres"].map(str::to_owned);
+    for container in backends.iter().chain(&named) {
         // Traefik logs to stdout, the backend to stderr: both, one after the other.
         let logs = cmd!(sh, "docker logs --tail 15 {container}")
             .quiet()

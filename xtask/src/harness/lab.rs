@@ -7,10 +7,10 @@
 //! releases with its own xtask. What differs from production is in the override files of
 //! `xtask/e2e/` and in ARCHITECTURE.md's "Lab vs production" table.
 //!
-//! The stack runs under production's names (project `timemanager`, container names, the
-//! `timemanager` network, ports 80 and 443 on the host), so one lab at a time per engine: the
-//! lab refuses to start next to a `timemanager` project it did not create, and removes the
-//! project with its volumes when dropped.
+//! The stack runs under production's names (project `timemanager`, PostgreSQL's and Traefik's
+//! container names, the `timemanager` network, ports 80 and 443 on the host), so one lab at a
+//! time per engine: the lab refuses to start next to a `timemanager` project it did not
+//! create, and removes the project with its volumes when dropped.
 //!
 //! Also [`changed_backend`], the backend image after a one-line change without recompiling,
 //! for the push checks and `cargo xtask bench push`.

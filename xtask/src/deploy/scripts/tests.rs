@@ -90,7 +90,7 @@ fn all_scripts() -> Vec<(&'static str, Script)> {
         ),
         ("switch", r.switch("abc1234")),
         ("switch back", r.switch_back("abc1234")),
-        ("start", r.start(&profiles)),
+        ("start", r.start(&profiles, Duration::from_secs(60))),
         ("container states", r.container_states()),
         ("failing logs", r.failing_logs(&services, 40)),
         ("record", r.record("abc1234", r#"{"it's":"json"}"#, "ok")),
@@ -269,17 +269,27 @@ pub(crate) struct Output {
 
 const FAKE_DOCKER: &str = r#"#!/bin/bash
 printf '%s\n' "$*" >>"${0%/*}/calls"
+# What compose prints for the switch: every running container has the release's config hash.
+compose_answers() {
+  case $1 in
+    *" config --hash="*) echo "${1##*--hash=} fakehash" ;;
+    *" config --services"*) printf 'postgres\nbackend\nfrontend\ntraefik\n' ;;
+  esac
+}
 case "$1 $2" in
   "compose version") echo "Docker Compose version v2.27.0" ;;
   "version --format") echo 27.0.1 ;;
   "ps -aq") printf 'c1\nc2\n' ;;
   "inspect --format")
+    # The switch reads the config hash compose labels a container with: the release's.
+    case $3 in *config-hash*) echo fakehash && exit 0 ;; esac
     printf 'backend\trunning\thealthy\t0\tghcr.io/o/r/backend:abc1234\n'
     printf 'frontend\trestarting\tstarting\t3\tghcr.io/o/r/frontend:abc1234\n'
     ;;
   "image inspect") ref=${!#} && printf '%s@sha256:feed\n' "${ref%:*}" ;;
   "login "*) cat >/dev/null ;;
-  "compose -p" | "logout "*) ;;
+  "compose -p") compose_answers "$*" ;;
+  "logout "*) ;;
   *) echo "fake docker: unexpected $*" >&2 && exit 1 ;;
 esac
 "#;
@@ -287,6 +297,10 @@ esac
 /// Compose v1, beside the v2 plugin the fake `docker` has: logged with its own name.
 const FAKE_DOCKER_COMPOSE: &str = r#"#!/bin/bash
 printf 'docker-compose %s\n' "$*" >>"${0%/*}/calls"
+case "$*" in
+  *" config --hash="*) all="$*" && echo "${all##*--hash=} fakehash" ;;
+  *" config --services"*) printf 'postgres\nbackend\nfrontend\ntraefik\n' ;;
+esac
 "#;
 
 impl FakeDocker {
@@ -694,7 +708,7 @@ fn the_forced_compose_runs_every_compose_command() {
         let held = hold_lock(&r.lock("tester")).unwrap();
         for script in [
             r.pull("abc1234", "ghcr.io", None, &images()),
-            r.start(&["monitoring".to_owned()]),
+            r.start(&["monitoring".to_owned()], Duration::from_secs(60)),
             r.status(),
         ] {
             let out = fake.run(&script);
@@ -706,13 +720,15 @@ fn the_forced_compose_runs_every_compose_command() {
             .lines()
             .filter(|l| l.contains(" -p timemanager "))
             .collect();
-        // pull; up; ps.
-        assert_eq!(compose_calls.len(), 3, "{choice:?}: {calls}");
+        // pull; the config hashes of backend and frontend, the services, up; ps.
+        assert_eq!(compose_calls.len(), 6, "{choice:?}: {calls}");
         for line in compose_calls {
             assert!(line.starts_with(call), "{choice:?}: {calls}");
         }
         assert!(
-            calls.contains(" --profile monitoring up -d --remove-orphans\n"),
+            calls.contains(
+                " --profile monitoring up -d --remove-orphans postgres traefik backend frontend\n"
+            ),
             "{calls}"
         );
     }
@@ -787,7 +803,7 @@ fn a_lab_override_is_uploaded_used_and_linked_while_current() {
     assert!(ok, "{err}");
     assert_eq!(link(&link_path), format!("current/{OVERRIDE_FILE}"));
     // `compose` (through the base directory's links) uses it too.
-    let out = fake.run(&r.start(&[]));
+    let out = fake.run(&r.start(&[], Duration::from_secs(60)));
     assert!(out.ok, "{}", out.stderr);
     let base_dir = base.display().to_string();
     assert!(
