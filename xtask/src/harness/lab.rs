@@ -774,6 +774,11 @@ pub(crate) fn excerpt(text: &str) -> String {
 
 /// Commits everything in the clone the shell is in.
 pub(crate) fn commit(sh: &Shell, message: &str) -> anyhow::Result<()> {
+    // New files too (a release's migration): a build of an untracked file is `-dirty`.
+    cmd!(sh, "git add --all")
+        .quiet()
+        .run()
+        .context("adding to the scratch clone's index")?;
     cmd!(
         sh,
         "git -c user.name=e2e -c user.email=e2e@localhost -c commit.gpgsign=false commit --quiet --allow-empty -a -m {message}"
