@@ -21,6 +21,7 @@
 mod data_safety;
 mod probes;
 mod stack;
+mod swarm;
 
 use std::{
     fs,
@@ -41,6 +42,9 @@ use crate::{
 
 impl flags::E2e {
     pub(crate) fn run(self, sh: &Shell) -> anyhow::Result<()> {
+        if self.mode == Some(flags::Mode::Swarm) {
+            return swarm::run(sh);
+        }
         let mut steps = Steps::default();
         let mut lab = steps.run(
             "lab: engine, compose v2, stand-in images, registry, sshd",

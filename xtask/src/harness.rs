@@ -3,7 +3,8 @@
 //! auth, htpasswd or our token server (`registry.rs`, `token_server.rs`), a fault-injecting
 //! proxy (`fault_proxy.rs`), sshd (`sshd.rs`), all run as daemons through `daemon.rs`;
 //! small HTTP helpers (`http.rs`); the deploy lab that e2e and bench share (`lab.rs`), and
-//! its stand-ins for third-party images under their production names (`lab_images.rs`).
+//! its stand-ins for third-party images under their production names (`lab_images.rs`); the
+//! swarm lab of namespaced engines and sshds (`swarm_lab.rs`).
 
 pub(crate) mod daemon;
 pub(crate) mod docker;
@@ -14,4 +15,5 @@ pub(crate) mod lab_images;
 pub(crate) mod postgres;
 pub(crate) mod registry;
 pub(crate) mod sshd;
+pub(crate) mod swarm_lab;
 pub(crate) mod token_server;
