@@ -47,7 +47,9 @@ use crate::{
 /// The stack file, checked in at the repository's root.
 pub(crate) const STACK_FILE: &str = "docker-stack.yml";
 
-/// The stack's services, each of which a deploy waits for.
+/// The services of `docker-stack.yml` (a test keeps them equal); a deploy waits for every
+/// service the stack has after `docker stack deploy --prune`.
+#[cfg(test)]
 pub(crate) const SERVICES: &[&str] = &[
     "postgres",
     "backend",
@@ -246,7 +248,6 @@ impl ServerScripts {
         let mut values = Script::new();
         values
             .value("stack", &self.project)
-            .array("services", SERVICES)
             .array("own_services", OWN_SERVICES)
             .value("timeout", &timeout.as_secs().to_string());
         self.registry_values(&mut values, registry, credentials);

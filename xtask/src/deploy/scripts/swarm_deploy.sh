@@ -20,6 +20,9 @@ since=$(date +%s)
 # each tag to the digest the registry has now, so every node runs the same image.
 docker stack deploy --with-registry-auth --prune --resolve-image always \
   -c "$rel/docker-stack.yml" "$stack" >&2 || die "docker stack deploy of $tag failed"
+# After --prune, the stack's services are exactly the file's.
+mapfile -t services < <(docker stack services --format '{{.Name}}' "$stack" | sed "s/^${stack}_//")
+[ ${#services[@]} -gt 0 ] || die "stack $stack has no services after the deploy"
 # The CLI returns before anything converged (and exits 0 after an automatic rollback):
 # each service's UpdateStatus and tasks decide.
 deadline=$((since + timeout))

@@ -256,7 +256,7 @@ fn the_plan_deploys_the_stack_and_waits_without_trusting_the_cli() {
         "docker secret create",
         "swarm-secrets.env",
         "timeout=180",
-        "services=(postgres backend frontend traefik postgres-backup)",
+        "mapfile -t services",
         "<secret postgres_password>",
     ] {
         assert!(text.contains(expected), "the plan lacks `{expected}`");
