@@ -152,8 +152,14 @@ fn scenario(sh: &Shell, lab: &SwarmLab, steps: &mut Steps) -> anyhow::Result<Str
         format_duration(again.elapsed())
     ));
 
-    ssh_args.push("--mode".to_owned());
-    ssh_args.push("swarm".to_owned());
+    // The nodes share this machine's file system: the lab's own base directory, not /opt.
+    let base = lab.dir.join("server");
+    ssh_args.extend([
+        "--mode".to_owned(),
+        "swarm".to_owned(),
+        "--remote-dir".to_owned(),
+        base.display().to_string(),
+    ]);
     let args = &ssh_args;
     let status = steps.run("status --mode swarm over ssh", || {
         cmd!(sh, "{exe} status {args...}")

@@ -36,6 +36,7 @@ pub(crate) struct Node {
 /// The nodes, their bridge and the client key and known_hosts that reach their sshds.
 pub(crate) struct SwarmLab {
     pub(crate) nodes: Vec<Node>,
+    /// `tmsw<id>`: the prefix of every namespace and link of this lab.
     pub(crate) bridge: String,
     pub(crate) dir: PathBuf,
     pub(crate) client_key: PathBuf,
@@ -45,7 +46,7 @@ pub(crate) struct SwarmLab {
 }
 
 impl SwarmLab {
-    /// `n` nodes: `10.249.<k>.1..n` on a bridge that has `.254`.
+    /// `n` nodes: `10.249.<k>.1..n` on a bridge; the host is `.254` on it.
     pub(crate) fn start(sh: &Shell, n: usize) -> anyhow::Result<SwarmLab> {
         provision::ensure(sh, &[DOCKERD, sshd::SSHD, sshd::SSH])?;
         // Short, per-run names: interface names have at most 15 bytes.
@@ -68,13 +69,41 @@ impl SwarmLab {
             dir,
             netns: Vec::new(),
         };
-        let bridge = &lab.bridge;
-        let gateway = format!("{net}.254/24");
-        cmd!(sh, "ip link add {bridge} type bridge").quiet().run()?;
-        cmd!(sh, "ip addr add {gateway} dev {bridge}")
+        // The bridge lives in a namespace of its own (the "switch"): the host's netfilter,
+        // where Docker sets FORWARD to DROP and bridged frames are filtered, never sees the
+        // nodes' traffic. The host reaches the nodes over one veth into the switch.
+        let prefix = lab.bridge.clone();
+        let switch = format!("{prefix}-0");
+        cmd!(sh, "ip netns add {switch}").quiet().run()?;
+        lab.netns.push(switch.clone());
+        let bridge = "br0";
+        cmd!(sh, "ip -n {switch} link add {bridge} type bridge")
             .quiet()
             .run()?;
-        cmd!(sh, "ip link set {bridge} up").quiet().run()?;
+        cmd!(sh, "ip -n {switch} link set {bridge} up")
+            .quiet()
+            .run()?;
+        let gateway = format!("{net}.254/24");
+        let (host_end, switch_end) = (format!("{prefix}h0"), format!("{prefix}s0"));
+        cmd!(
+            sh,
+            "ip link add {host_end} type veth peer name {switch_end}"
+        )
+        .quiet()
+        .run()?;
+        cmd!(sh, "ip link set {switch_end} netns {switch}")
+            .quiet()
+            .run()?;
+        cmd!(
+            sh,
+            "ip -n {switch} link set {switch_end} master {bridge} up"
+        )
+        .quiet()
+        .run()?;
+        cmd!(sh, "ip addr add {gateway} dev {host_end}")
+            .quiet()
+            .run()?;
+        cmd!(sh, "ip link set {host_end} up").quiet().run()?;
         let host_key = lab.dir.join("host_key");
         for (key, comment) in [
             (&host_key, "swarm-lab-host"),
@@ -94,12 +123,15 @@ impl SwarmLab {
             let addr = format!("{net}.{i}");
             cmd!(sh, "ip netns add {netns}").quiet().run()?;
             lab.netns.push(netns.clone());
-            let (outside, inside) = (format!("tmsw{id}h{i}"), format!("tmsw{id}n{i}"));
+            let (outside, inside) = (format!("{prefix}s{i}"), format!("{prefix}n{i}"));
             let cidr = format!("{addr}/24");
             cmd!(sh, "ip link add {outside} type veth peer name {inside}")
                 .quiet()
                 .run()?;
-            cmd!(sh, "ip link set {outside} master {bridge} up")
+            cmd!(sh, "ip link set {outside} netns {switch}")
+                .quiet()
+                .run()?;
+            cmd!(sh, "ip -n {switch} link set {outside} master {bridge} up")
                 .quiet()
                 .run()?;
             cmd!(sh, "ip link set {inside} netns {netns}")
@@ -310,8 +342,9 @@ impl Drop for SwarmLab {
                 .ignore_status()
                 .run();
         }
-        let bridge = &self.bridge;
-        let _ = cmd!(sh, "ip link del {bridge}")
+        // Gone with the switch's namespace already; this is for a run that stopped between.
+        let host_end = format!("{}h0", self.bridge);
+        let _ = cmd!(sh, "ip link del {host_end}")
             .quiet()
             .ignore_status()
             .run();
