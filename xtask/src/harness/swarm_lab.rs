@@ -304,6 +304,23 @@ impl Node {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+        // sshd says when it listens (a probe connection would show in its log as a client).
+        let sshd_log = dir.join(format!("{}-sshd.log", self.netns));
+        let listening = format!("Server listening on {}", self.addr);
+        while !fs::read_to_string(&sshd_log)
+            .unwrap_or_default()
+            .contains(&listening)
+        {
+            if Instant::now() > deadline {
+                bail!(
+                    "sshd of {} did not listen on {} within 60 s; its log:\n{}",
+                    self.netns,
+                    self.addr,
+                    fs::read_to_string(&sshd_log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         Ok(())
     }
 }
