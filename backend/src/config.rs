@@ -151,15 +151,7 @@ impl Config {
             None => DEFAULT_PORT,
             Some(raw) => parse_port(&raw).map_err(|problem| invalid("APP_PORT", problem))?,
         };
-        let database = match get("DATABASE_URL")? {
-            None => {
-                return Err(invalid(
-                    "DATABASE_URL",
-                    "is required (e.g. postgres://user:password@db:5432/timemanager)",
-                ));
-            }
-            Some(raw) => parse_database_url(&raw)?,
-        };
+        let database = database_url(&get)?;
         let log_filter = get("RUST_LOG")?.unwrap_or_else(|| "info".to_owned());
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
             return Err(invalid(
@@ -204,6 +196,30 @@ impl Config {
             shutdown_drain,
         })
     }
+}
+
+/// `DATABASE_URL`, else the content of the file `DATABASE_URL_FILE` names (a Docker Swarm
+/// secret under `/run/secrets/`, so the password is in no service spec or environment).
+fn database_url(
+    get: &impl Fn(&'static str) -> Result<Option<String>, ConfigError>,
+) -> Result<DatabaseUrl, ConfigError> {
+    if let Some(raw) = get("DATABASE_URL")? {
+        return parse_database_url(&raw);
+    }
+    let Some(path) = get("DATABASE_URL_FILE")? else {
+        return Err(invalid(
+            "DATABASE_URL",
+            "is required (e.g. postgres://user:password@db:5432/timemanager), or DATABASE_URL_FILE naming a file that holds it",
+        ));
+    };
+    // The error names the file, never its content.
+    let raw = std::fs::read_to_string(&path).map_err(|err| {
+        invalid(
+            "DATABASE_URL_FILE",
+            format!("names {}, which cannot be read: {err}", quoted(&path)),
+        )
+    })?;
+    parse_database_url(raw.trim())
 }
 
 /// Address the `healthcheck` subcommand probes: `127.0.0.1:$APP_PORT`. Reads nothing but
@@ -413,15 +429,7 @@ impl MigrateConfig {
         lookup: impl Fn(&'static str) -> Result<Option<String>, ()>,
     ) -> Result<Self, ConfigError> {
         let get = |name| setting(&lookup, name);
-        let database = match get("DATABASE_URL")? {
-            None => {
-                return Err(invalid(
-                    "DATABASE_URL",
-                    "is required (e.g. postgres://user:password@db:5432/timemanager)",
-                ));
-            }
-            Some(raw) => parse_database_url(&raw)?,
-        };
+        let database = database_url(&get)?;
         let timeout = |name: &'static str, default: Duration| match get(name)? {
             None => Ok(default),
             Some(raw) => parse_timeout(&raw).map_err(|problem| invalid(name, problem)),
@@ -549,6 +557,30 @@ mod tests {
             .unwrap();
         assert_eq!(err.variable, "DATABASE_URL");
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn database_url_from_a_file() {
+        let path = std::env::temp_dir().join(format!("tm-config-db-url-{}", std::process::id()));
+        std::fs::write(&path, "postgres://app:s3cret@db:5432/tm\n").unwrap();
+        let file = path.to_str().unwrap();
+        let c = config(&[("DATABASE_URL_FILE", file)]).unwrap();
+        assert_eq!(c.database.to_string(), "postgres://app:***@db:5432/tm");
+        // DATABASE_URL wins when both are set.
+        let c = config(&[
+            ("DATABASE_URL_FILE", file),
+            ("DATABASE_URL", "postgres://u@other/x"),
+        ])
+        .unwrap();
+        assert_eq!(c.database.to_string(), "postgres://u@other/x");
+        std::fs::write(&path, "mysql://u:hunter2@h/db").unwrap();
+        let err = config(&[("DATABASE_URL_FILE", file)]).err().unwrap();
+        assert_eq!(err.variable, "DATABASE_URL");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        std::fs::remove_file(&path).unwrap();
+        let err = config(&[("DATABASE_URL_FILE", file)]).err().unwrap();
+        assert_eq!(err.variable, "DATABASE_URL_FILE");
+        assert!(err.to_string().contains(file), "{err}");
     }
 
     #[test]

@@ -10,7 +10,8 @@ const USAGE: &str =
 
 Runs the Time Manager API server (configured through APP_HOST, APP_PORT, DATABASE_URL,
 RUST_LOG, CORS_ALLOWED_ORIGINS, OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME,
-SHUTDOWN_DRAIN_SECONDS). On SIGTERM/SIGINT /health answers 503 for SHUTDOWN_DRAIN_SECONDS
+SHUTDOWN_DRAIN_SECONDS; DATABASE_URL_FILE instead of DATABASE_URL reads the URL from a
+file, e.g. a Docker Swarm secret). On SIGTERM/SIGINT /health answers 503 for SHUTDOWN_DRAIN_SECONDS
 (default 12) while other requests are served, then in-flight requests finish and it exits.
 `healthcheck` exits 0 if http://127.0.0.1:$APP_PORT/health answers 200 within 3 s.
 `migrate` applies pending migrations once and exits (0 done or none pending, 1 failed),

@@ -32,6 +32,7 @@ mod scripts;
 mod secrets;
 mod settings;
 mod ssh;
+mod swarm;
 mod upload;
 
 use std::time::Duration;
@@ -50,18 +51,27 @@ use crate::{
         ssh::{Session, Stdout},
         upload::{Upload, pack},
     },
-    flags, project,
+    flags::{self, Mode},
+    project,
 };
 
 impl flags::Deploy {
     pub(crate) fn run(self, sh: &Shell) -> anyhow::Result<()> {
-        deploy(sh, &self, &settings::from_process_env)
+        let env = &settings::from_process_env;
+        match swarm::mode(self.server.mode, env)? {
+            Mode::Compose => deploy(sh, &self, env),
+            Mode::Swarm => swarm::deploy(sh, &self, env, deploy_tag(sh, &self)?),
+        }
     }
 }
 
 impl flags::Rollback {
     pub(crate) fn run(self, sh: &Shell) -> anyhow::Result<()> {
-        rollback(sh, &self, &settings::from_process_env)
+        let env = &settings::from_process_env;
+        match swarm::mode(self.server.mode, env)? {
+            Mode::Compose => rollback(sh, &self, env),
+            Mode::Swarm => swarm::rollback(sh, &self, env),
+        }
     }
 }
 
@@ -81,12 +91,17 @@ impl flags::Status {
         let (target, redactor) = server_target(&self.server, env)?;
         let session = Session::open(sh, &target, &redactor)?;
         let remote = ServerScripts::read_only(&target);
-        session.run(
-            sh,
-            "reading the server's status",
-            &remote.status(),
-            Stdout::Print,
-        )?;
+        match swarm::mode(self.server.mode, env)? {
+            Mode::Compose => {
+                session.run(
+                    sh,
+                    "reading the server's status",
+                    &remote.status(),
+                    Stdout::Print,
+                )?;
+            }
+            Mode::Swarm => swarm::status(sh, &session, &target)?,
+        }
         let url = self
             .health_url
             .or_else(|| env("DOMAIN").map(|domain| format!("https://{domain}/api/health")));
@@ -112,7 +127,10 @@ impl flags::Logs {
         let (target, redactor) = server_target(&self.server, &settings::from_process_env)?;
         let session = Session::open(sh, &target, &redactor)?;
         let remote = ServerScripts::read_only(&target);
-        let script = remote.logs(&self.service, self.tail, self.follow);
+        let script = match swarm::mode(self.server.mode, &settings::from_process_env)? {
+            Mode::Compose => remote.logs(&self.service, self.tail, self.follow),
+            Mode::Swarm => remote.swarm_logs(&self.service, self.tail, self.follow),
+        };
         session.run(sh, "reading logs", &script, Stdout::Print)?;
         Ok(())
     }
@@ -185,18 +203,7 @@ fn deploy(sh: &Shell, flags: &flags::Deploy, env: Lookup<'_>) -> anyhow::Result<
     let mut problems = Problems::default();
     let mut redactor = Redactor::default();
     let target = settings::target(&flags.server, env, &mut problems, &mut redactor);
-    let tag = match &flags.tag {
-        Some(tag) if flags.no_push => tag.clone(),
-        given => {
-            let version = project::revision(sh)?.version;
-            if let Some(tag) = given.as_ref().filter(|tag| **tag != version) {
-                bail!(
-                    "--tag {tag} is not this checkout ({version}): add --no-push to deploy images already in the registry"
-                );
-            }
-            version
-        }
-    };
+    let tag = deploy_tag(sh, flags)?;
     let release = settings::release(
         &tag,
         &flags.profiles,
@@ -261,6 +268,22 @@ fn deploy(sh: &Shell, flags: &flags::Deploy, env: Lookup<'_>) -> anyhow::Result<
     }
     problems.into_result()?;
     Run::new(sh, target, scripts, redactor).execute(&plan)
+}
+
+/// `--tag` with `--no-push`, else this checkout's commit (which `--tag` may only repeat).
+fn deploy_tag(sh: &Shell, flags: &flags::Deploy) -> anyhow::Result<String> {
+    Ok(match &flags.tag {
+        Some(tag) if flags.no_push => tag.clone(),
+        given => {
+            let version = project::revision(sh)?.version;
+            if let Some(tag) = given.as_ref().filter(|tag| **tag != version) {
+                bail!(
+                    "--tag {tag} is not this checkout ({version}): add --no-push to deploy images already in the registry"
+                );
+            }
+            version
+        }
+    })
 }
 
 fn rollback(sh: &Shell, flags: &flags::Rollback, env: Lookup<'_>) -> anyhow::Result<()> {
@@ -379,6 +402,16 @@ fn snapshot_release(snapshot: &str) -> anyhow::Result<&str> {
 impl flags::Db {
     pub(crate) fn run(self, sh: &Shell) -> anyhow::Result<()> {
         let env = &settings::from_process_env;
+        let server = match &self.command {
+            flags::DbCommand::Snapshot(cmd) => &cmd.server,
+            flags::DbCommand::Snapshots(cmd) => &cmd.server,
+            flags::DbCommand::Restore(cmd) => &cmd.server,
+        };
+        if swarm::mode(server.mode, env)? == Mode::Swarm {
+            bail!(
+                "`db` works in compose mode only: in swarm mode PostgreSQL runs on the node labelled timemanager.db=true, see README \"Scaling out\" for dumps"
+            );
+        }
         match self.command {
             flags::DbCommand::Snapshot(cmd) => db_snapshot(sh, &cmd, env),
             flags::DbCommand::Snapshots(cmd) => {

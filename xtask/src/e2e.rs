@@ -23,6 +23,7 @@
 mod data_safety;
 mod probes;
 mod stack;
+mod swarm;
 mod zero_downtime;
 
 use std::{
@@ -44,6 +45,9 @@ use crate::{
 
 impl flags::E2e {
     pub(crate) fn run(self, sh: &Shell) -> anyhow::Result<()> {
+        if self.mode == Some(flags::Mode::Swarm) {
+            return swarm::run(sh);
+        }
         let mut steps = Steps::default();
         let mut lab = steps.run(
             "lab: engine, compose v2, stand-in images, registry, sshd",

@@ -32,6 +32,9 @@ pub(crate) enum Command {
     Logs(Logs),
     /// Provision a fresh Debian/Ubuntu server: Docker, compose, /opt/timemanager, firewall.
     ServerSetup(ServerSetup),
+    /// Make a Docker Swarm of provisioned servers for `--mode swarm`: init on the manager,
+    /// join the workers, label the database's node, open the swarm ports between them.
+    SwarmSetup(SwarmSetup),
     /// The server's database: `snapshot`, `snapshots`, `restore SNAPSHOT`.
     Db(Db),
     /// Deploy, roll back and break releases on loopback with real sshd, registry and Docker.
@@ -159,9 +162,20 @@ pub(crate) struct Server {
     /// Base directory on the server.
     #[arg(long, default_value = "/opt/timemanager", value_name = "DIR")]
     pub(crate) remote_dir: String,
+    /// `compose` (one server, docker compose) or `swarm` (a Docker Swarm through its
+    /// manager, `docker stack deploy`); default: `DEPLOY_MODE`, else `compose`.
+    #[arg(long, value_enum)]
+    pub(crate) mode: Option<Mode>,
     /// Compose project name (tests use their own, to share a Docker engine safely).
     #[arg(long, default_value = crate::deploy::compose::COMPOSE_PROJECT, hide = true)]
     pub(crate) compose_project: String,
+}
+
+/// Where the stack runs: see `deploy --mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Mode {
+    Compose,
+    Swarm,
 }
 
 /// How a release is judged healthy; shared by deploy and rollback.
@@ -217,6 +231,12 @@ pub(crate) struct Deploy {
     /// Database snapshots to keep on the server (one is taken before each migrating deploy).
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub(crate) keep_snapshots: usize,
+    /// `--mode swarm`: tasks of backend and frontend each (spread over the nodes).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub(crate) replicas: u32,
+    /// `--mode swarm`: stack file to ship as `docker-stack.yml` (tests ship their own).
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub(crate) stack_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -327,8 +347,31 @@ pub(crate) struct ServerSetup {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct SwarmSetup {
+    /// The manager (`--host`) and how to reach every node over ssh.
+    #[command(flatten)]
+    pub(crate) server: Server,
+    /// A worker to join, repeatable; reached with the same user, port and keys.
+    #[arg(long = "worker", value_name = "HOST")]
+    pub(crate) workers: Vec<String>,
+    /// The manager's address the other nodes reach (default: Docker's choice, which
+    /// fails on a host with several addresses).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) advertise_addr: Option<String>,
+    /// Hostname of the node that holds PostgreSQL's volume (default: the manager).
+    #[arg(long, value_name = "HOSTNAME")]
+    pub(crate) db_node: Option<String>,
+    /// Print the scripts for the manager and the workers and change nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct E2e {
     /// Leave the temporary server directory (releases, `.env`, logs) for inspection.
     #[arg(long)]
     pub(crate) keep_server_dir: bool,
+    /// `swarm`: the three-node swarm lab instead (`e2e/swarm.rs`).
+    #[arg(long, value_enum)]
+    pub(crate) mode: Option<Mode>,
 }

@@ -53,6 +53,7 @@ fn run(xtask: Xtask) -> anyhow::Result<()> {
         Command::Status(cmd) => cmd.run(sh),
         Command::Logs(cmd) => cmd.run(sh),
         Command::ServerSetup(cmd) => cmd.run(sh),
+        Command::SwarmSetup(cmd) => cmd.run(sh),
         Command::Db(cmd) => cmd.run(sh),
         Command::E2e(cmd) => cmd.run(sh),
     }

@@ -185,19 +185,19 @@ impl Script {
 
 impl Script {
     /// `name=value`, the value quoted for bash.
-    fn value(&mut self, name: &str, value: &str) -> &mut Script {
+    pub(crate) fn value(&mut self, name: &str, value: &str) -> &mut Script {
         self.line(format!("{name}={}", quote(value)))
     }
 
     /// `name=(value...)`, a bash array of quoted values.
-    fn array<S: AsRef<str>>(&mut self, name: &str, values: &[S]) -> &mut Script {
+    pub(crate) fn array<S: AsRef<str>>(&mut self, name: &str, values: &[S]) -> &mut Script {
         let quoted: Vec<String> = values.iter().map(|v| quote(v.as_ref())).collect();
         self.line(format!("{name}=({})", quoted.join(" ")))
     }
 
     /// `name() { cat <<'DELIMITER' ... }`: a function that prints the here-document `fill`
     /// writes, quoted so bash expands nothing in it.
-    fn heredoc(
+    pub(crate) fn heredoc(
         &mut self,
         name: &str,
         delimiter: &str,
@@ -280,7 +280,7 @@ impl ServerScripts {
         script
     }
 
-    fn delimiter(&self) -> String {
+    pub(crate) fn delimiter(&self) -> String {
         format!("TM_EOF_{}", self.run_id.replace('-', "_"))
     }
 
@@ -347,7 +347,7 @@ impl ServerScripts {
     }
 
     /// `registry`, `registry_user` and the password's here-document, then `registry_login`.
-    fn registry_values(
+    pub(crate) fn registry_values(
         &self,
         values: &mut Script,
         registry: &str,

@@ -515,6 +515,7 @@ mod tests {
             known_hosts: None,
             remote_dir: "/opt/timemanager".to_owned(),
             compose_project: "timemanager".to_owned(),
+            mode: None,
         };
         for (value, expected) in [
             ("", ComposeChoice::Detect),

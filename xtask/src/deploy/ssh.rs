@@ -183,6 +183,22 @@ impl Session {
         self.run_with(sh, what, script, Stdout::Print, self.target.user != "root")
     }
 
+    /// Like [`Session::run_as_root`], stdout captured (`swarm-setup` reads the join token).
+    pub(crate) fn capture_as_root(
+        &self,
+        sh: &Shell,
+        what: &str,
+        script: &Script,
+    ) -> anyhow::Result<String> {
+        self.run_with(
+            sh,
+            what,
+            script,
+            Stdout::Capture,
+            self.target.user != "root",
+        )
+    }
+
     /// Runs `script` on the server; remote stderr is printed (redacted) as it comes.
     pub(crate) fn run(
         &self,
