@@ -1,5 +1,7 @@
 //! `cargo xtask bench`: repeatable measurements of the pipeline, run in a scratch clone.
 
+mod vs_docker;
+
 use std::{path::Path, time::Instant};
 
 use anyhow::Context;
@@ -24,6 +26,7 @@ impl flags::Bench {
             flags::BenchWhat::Push => bench_push(sh, self.runs),
             flags::BenchWhat::Deploy => bench_deploy(sh, self.runs),
             flags::BenchWhat::Xtask => bench_xtask(sh, self.runs, self.rev.as_deref()),
+            flags::BenchWhat::VsDocker => vs_docker::run(sh, self.runs, self.no_change_only),
         }
     }
 }
@@ -31,6 +34,9 @@ impl flags::Bench {
 /// One `build --json` run: wall time, compile and assembly split, sizes.
 struct Sample {
     wall: f64,
+    /// CPU seconds (user + system) of the build's processes: steadier than wall time on a
+    /// machine shared with other builds.
+    cpu: f64,
     cargo: f64,
     npm: f64,
     assembly: f64,
@@ -67,9 +73,13 @@ fn bench_build(sh: &Shell, runs: usize) -> anyhow::Result<()> {
     }
     std::fs::write(&lib, original)?;
 
-    println!("machine: {}", machine(sh));
-    println!("| scenario | wall | cargo | npm | image assembly (both) |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "machine: {}; load average (1, 5, 15 min) at the end: {}",
+        machine(sh),
+        vs_docker::load_average()
+    );
+    println!("| scenario | wall | CPU (user+sys) | cargo | npm | image assembly (both) |");
+    println!("|---|---|---|---|---|---|");
     print_row("cold build", std::slice::from_ref(&cold));
     print_row(&format!("no-change rebuild (median of {runs})"), &no_change);
     print_row(
@@ -90,8 +100,9 @@ fn print_row(name: &str, samples: &[Sample]) {
         values[values.len() / 2]
     };
     println!(
-        "| {name} | {:.2} s | {:.2} s | {:.2} s | {:.3} s |",
+        "| {name} | {:.2} s | {:.1} s | {:.2} s | {:.2} s | {:.3} s |",
         median(|s| s.wall),
+        median(|s| s.cpu),
         median(|s| s.cargo),
         median(|s| s.npm),
         median(|s| s.assembly)
@@ -101,15 +112,18 @@ fn print_row(name: &str, samples: &[Sample]) {
 fn build_once(sh: &Shell, clone: &Path, target: &Path) -> anyhow::Result<Sample> {
     let _dir = sh.push_dir(clone);
     let cargo = cargo(sh);
+    let cpu_before = children_cpu_seconds()?;
     let start = Instant::now();
     let json = cmd!(sh, "{cargo} run --quiet --package xtask -- build --json")
         .env("CARGO_TARGET_DIR", target)
         .read()?;
     let wall = start.elapsed().as_secs_f64();
+    let cpu = children_cpu_seconds()? - cpu_before;
     let report: Value = serde_json::from_str(&json).context("parsing `build --json` output")?;
     let images = report["images"].as_array().context("no images")?;
     Ok(Sample {
         wall,
+        cpu,
         cargo: report["compile_seconds"]["cargo"]
             .as_f64()
             .unwrap_or_default(),
@@ -131,6 +145,23 @@ fn build_once(sh: &Shell, clone: &Path, target: &Path) -> anyhow::Result<Sample>
             })
             .collect(),
     })
+}
+
+/// CPU time of this process's waited-for children and their descendants (`cutime` and
+/// `cstime` of `/proc/self/stat`, in clock ticks of 1/100 s on Linux).
+fn children_cpu_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `cutime` and `cstime` are fields 16 and 17 of the line; `rest` starts at field 3.
+    let ticks = |idx: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(idx - 3)
+            .context("short /proc/self/stat")?
+            .parse::<f64>()?)
+    };
+    Ok((ticks(16)? + ticks(17)?) / 100.0)
 }
 
 /// How long `cargo xtask` takes to compile before any command runs: a cold `cargo build -p

@@ -28,12 +28,19 @@ impl flags::Build {
             println!("{}", report.to_json());
             return Ok(());
         }
-        eprintln!(
-            "compiled {} (cargo {}, npm {})",
-            report.revision.version,
-            format_duration(report.compile.cargo),
-            format_duration(report.compile.npm)
-        );
+        if report.inputs_unchanged {
+            eprintln!(
+                "{}: inputs unchanged since the last build, nothing compiled",
+                report.revision.version
+            );
+        } else {
+            eprintln!(
+                "compiled {} (cargo {}, npm {})",
+                report.revision.version,
+                format_duration(report.compile.cargo),
+                format_duration(report.compile.npm)
+            );
+        }
         for image in &report.images {
             let t = &image.times;
             eprintln!(

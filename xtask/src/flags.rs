@@ -72,6 +72,10 @@ pub(crate) struct Bench {
     /// `bench xtask` only: measure this commit instead of the working tree (before/after).
     #[arg(long, value_name = "REV")]
     pub(crate) rev: Option<String>,
+    /// `bench vs-docker` only: measure the no-change scenario and the floor, not the
+    /// one-line change (whose compile every tool pays alike).
+    #[arg(long)]
+    pub(crate) no_change_only: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -84,6 +88,8 @@ pub(crate) enum BenchWhat {
     Deploy,
     /// Cold push, no-change push, one-line-change push to a local registry: time and bytes.
     Push,
+    /// `cargo xtask push` against `docker build`+`docker push` and `buildah`, alternated.
+    VsDocker,
 }
 
 #[derive(Debug, Args)]

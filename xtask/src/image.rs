@@ -2,10 +2,11 @@
 //! written as an OCI layout and a `docker load` archive under `target/images/`.
 
 pub(crate) mod base;
-mod compile;
+pub(crate) mod compile;
 pub(crate) mod contents;
 pub(crate) mod definitions;
 mod elf;
+pub(crate) mod inputs;
 pub(crate) mod layer;
 pub(crate) mod oci;
 mod sbom;
@@ -82,6 +83,7 @@ impl BuildReport {
         json!({
             "images": self.images.iter().map(BuiltImage::to_json).collect::<Vec<_>>(),
             "compile_seconds": {"cargo": self.compile.cargo.as_secs_f64(), "npm": self.compile.npm.as_secs_f64()},
+            "inputs_unchanged": self.inputs_unchanged,
         })
     }
 }
@@ -90,6 +92,8 @@ pub(crate) struct BuildReport {
     pub(crate) revision: Revision,
     pub(crate) compile: CompileTimes,
     pub(crate) images: Vec<BuiltImage>,
+    /// The inputs matched the last build's (`inputs.rs`): nothing was compiled or written.
+    pub(crate) inputs_unchanged: bool,
 }
 
 pub(crate) fn images_dir() -> PathBuf {
@@ -116,27 +120,75 @@ pub(crate) fn build_defs(
     lock_path: &Path,
 ) -> anyhow::Result<BuildReport> {
     let revision = project::revision(sh)?;
-    let source_url = project::source_url(sh);
     let store = Store::new(images_dir())?;
+    let key = inputs_key(sh, &revision, &store, lock_path)?;
+    if let Some(images) = inputs::lookup(&store, &key, defs) {
+        return Ok(BuildReport {
+            revision,
+            compile: CompileTimes::default(),
+            images,
+            inputs_unchanged: true,
+        });
+    }
+    let report = build_from_scratch(sh, defs, lock_path, revision, &store)?;
+    // Recorded only if nothing changed while we built: a file edited mid-build may or may
+    // not be in the images, so neither key can vouch for them.
+    let revision_after = project::revision(sh)?;
+    if inputs_key(sh, &revision_after, &store, lock_path)? == key {
+        inputs::record(&store, &key, &report.images)?;
+    } else {
+        eprintln!("inputs changed during the build: the next build compiles again");
+    }
+    Ok(report)
+}
+
+/// The fast path's key, plus the base-image lock this build reads (a test passes its own).
+fn inputs_key(
+    sh: &Shell,
+    revision: &Revision,
+    store: &Store,
+    lock_path: &Path,
+) -> anyhow::Result<String> {
+    let key = inputs::current_key(sh, revision, &store.cache_dir())?;
+    let lock = fs::read(lock_path).unwrap_or_default();
+    Ok(crate::digest::sha256_hex(
+        format!(
+            "{key}\nlock {} {}",
+            lock_path.display(),
+            crate::digest::sha256_hex(&lock)
+        )
+        .as_bytes(),
+    ))
+}
+
+/// The full build: bases, compile, linkage checks, then each image assembled concurrently.
+fn build_from_scratch(
+    sh: &Shell,
+    defs: &[&'static ImageDef],
+    lock_path: &Path,
+    revision: Revision,
+    store: &Store,
+) -> anyhow::Result<BuildReport> {
+    let source_url = project::source_url(sh);
     // Bases first: a missing pin or an unreachable registry fails before any compiling.
     let mut bases = BTreeMap::new();
     for def in defs {
         if let Base::Registry(reference) = def.base
             && !bases.contains_key(reference)
         {
-            bases.insert(reference, base::load(sh, reference, lock_path, &store)?);
+            bases.insert(reference, base::load(sh, reference, lock_path, store)?);
         }
     }
     let (artifacts, compile_times) = compile::compile(defs, &revision, &store.cache_dir())?;
     for def in defs {
-        check_linkage(sh, def, &artifacts, &bases, &store)
+        check_linkage(sh, def, &artifacts, &bases, store)
             .with_context(|| format!("building image `{}`", def.name))?;
     }
     let metadata = sbom::cargo_metadata(sh)?;
     let package_lock = read_package_lock()?;
     let ctx = AssemblyContext {
         bases: &bases,
-        store: &store,
+        store,
         artifacts: &artifacts,
         revision: &revision,
         source_url: &source_url,
@@ -161,6 +213,7 @@ pub(crate) fn build_defs(
         revision,
         compile: compile_times,
         images,
+        inputs_unchanged: false,
     })
 }
 

@@ -126,8 +126,30 @@ fn cargo_build(
     target_dir: &Path,
     revision: &Revision,
 ) -> anyhow::Result<()> {
+    release_build(
+        sh,
+        &project::root(),
+        packages,
+        link,
+        target_dir,
+        &revision.commit,
+    )
+    .run()?;
+    Ok(())
+}
+
+/// The `cargo build --release` of the checkout at `root` exactly as `build` runs it (flags,
+/// environment), for `bench vs-docker`'s peers, which copy the binaries it makes; run it
+/// with `sh` in `root`.
+pub(crate) fn release_build<'a>(
+    sh: &'a Shell,
+    root: &Path,
+    packages: &[&str],
+    link: Link,
+    target_dir: &Path,
+    commit: &str,
+) -> xshell::Cmd<'a> {
     let cargo = project::cargo(sh);
-    let root = project::root();
     let cargo_home = sh
         .var("CARGO_HOME")
         .unwrap_or_else(|_| format!("{}/.cargo", sh.var("HOME").unwrap_or_default()));
@@ -168,12 +190,10 @@ fn cargo_build(
     build
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags.join("\x1f"))
         .env("CARGO_TARGET_DIR", target_dir)
-        .env("TIMEMANAGER_REVISION", &revision.commit)
+        .env("TIMEMANAGER_REVISION", commit)
         // No crate we link reads it, but ring's build script watches it: setting it per
         // commit recompiled ring, rustls and sqlx on every commit (2m20s instead of 45 s).
         .env_remove("SOURCE_DATE_EPOCH")
-        .run()?;
-    Ok(())
 }
 
 /// `npm ci` when `node_modules` is stale, `npm run build` when any input changed.
