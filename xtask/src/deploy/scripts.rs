@@ -38,6 +38,7 @@ const STATUS: &str = include_str!("scripts/status.sh");
 const LOGS: &str = include_str!("scripts/logs.sh");
 const ENSURE_IMAGES: &str = include_str!("scripts/ensure_images.sh");
 const SERVER_SETUP: &str = include_str!("scripts/server_setup.sh");
+const CREATE_ADMIN: &str = include_str!("scripts/create_admin.sh");
 
 /// Every script file, for the shellcheck test.
 #[cfg(test)]
@@ -61,6 +62,7 @@ pub(crate) const FILES: &[(&str, &str)] = &[
     ("logs.sh", LOGS),
     ("ensure_images.sh", ENSURE_IMAGES),
     ("server_setup.sh", SERVER_SETUP),
+    ("create_admin.sh", CREATE_ADMIN),
 ];
 
 /// Releases kept by cleanup (besides the current one and any a container still mounts).
@@ -430,6 +432,24 @@ impl ServerScripts {
     }
 
     /// `docker logs` of the service's container.
+    /// `timemanager-backend create-admin` in the running backend container, the password
+    /// in a quoted here-document piped to its stdin.
+    pub(crate) fn create_admin(
+        &self,
+        email: &str,
+        username: Option<&str>,
+        password: &Secret,
+    ) -> Script {
+        let mut values = Script::new();
+        values
+            .value("email", email)
+            .value("username", username.unwrap_or_default())
+            .heredoc("admin_password", &self.delimiter(), |s| {
+                s.secret("admin_password", password).line("");
+            });
+        self.wrap(&values, CREATE_ADMIN, false)
+    }
+
     pub(crate) fn logs(&self, service: &str, tail: u32, follow: bool) -> Script {
         let mut values = Script::new();
         values
