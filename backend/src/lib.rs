@@ -279,6 +279,8 @@ async fn serve(config: Config) -> ExitCode {
     };
     tracing::info!(%addr, "listening");
 
+    // Off the runtime, while the listener already accepts (sign-ins wait on the OnceLock).
+    tokio::task::spawn_blocking(auth::password::warm_up);
     let state = AppState::new(pool.clone())
         .with_cors(config.cors)
         .with_auth(config.auth);

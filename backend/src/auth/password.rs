@@ -66,6 +66,12 @@ pub fn verify(password: &str, stored: Option<&str>) -> bool {
     }
 }
 
+/// Computes the dummy hash now, so the first sign-in with an unknown email is not the one
+/// that pays for it (which would tell that the email is unknown).
+pub fn warm_up() {
+    let _ = dummy_hash();
+}
+
 fn dummy_hash() -> &'static str {
     static DUMMY: OnceLock<String> = OnceLock::new();
     DUMMY.get_or_init(|| hash(&one_time()).unwrap_or_default())
