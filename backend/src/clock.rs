@@ -1,4 +1,8 @@
 //! Clock entries: clock in/out, current status and per-day history for a user.
+//!
+//! A user clocks themselves in and out (an admin may too, to correct a forgotten one);
+//! status and history are for whoever may see the user ([`Viewer::can_see`]). Anyone else
+//! gets the 404 of a user that does not exist.
 
 use axum::Json;
 use axum::extract::State;
@@ -9,6 +13,7 @@ use time::macros::format_description;
 use time::{Date, Duration, OffsetDateTime, Time};
 
 use crate::AppState;
+use crate::auth::Viewer;
 use crate::error::{AppError, is_foreign_key_violation, unique_violation};
 use crate::extract::{ApiQuery, UserId, short_quote};
 use crate::users::{ensure_user_exists, user_not_found};
@@ -55,11 +60,34 @@ impl From<EntryRow> for Entry {
     }
 }
 
+/// 404 unless the viewer may see the user.
+async fn may_read(state: &AppState, viewer: &Viewer, user_id: i64) -> Result<(), AppError> {
+    if viewer.can_see(&state.pool, user_id).await? {
+        Ok(())
+    } else {
+        Err(user_not_found(user_id))
+    }
+}
+
+/// The user themselves or an admin; a manager who sees the user gets 403, anyone else 404.
+async fn may_write(state: &AppState, viewer: &Viewer, user_id: i64) -> Result<(), AppError> {
+    if viewer.user_id == user_id || viewer.is_admin() {
+        return Ok(());
+    }
+    may_read(state, viewer, user_id).await?;
+    Err(AppError::Status(
+        StatusCode::FORBIDDEN,
+        "only the user or an admin may clock them in or out".to_owned(),
+    ))
+}
+
 /// `POST /users/{id}/clock/in` → 201 with the new open entry; 409 if one is open.
 pub async fn clock_in(
     State(state): State<AppState>,
+    viewer: Viewer,
     UserId(user_id): UserId,
 ) -> Result<(StatusCode, Json<Entry>), AppError> {
+    may_write(&state, &viewer, user_id).await?;
     // No pre-check: the partial unique index decides, so two concurrent requests
     // cannot both open an entry.
     let result = sqlx::query_as::<_, EntryRow>(&format!(
@@ -81,8 +109,10 @@ pub async fn clock_in(
 /// `POST /users/{id}/clock/out` → 200 with the closed entry; 409 if none is open.
 pub async fn clock_out(
     State(state): State<AppState>,
+    viewer: Viewer,
     UserId(user_id): UserId,
 ) -> Result<Json<Entry>, AppError> {
+    may_write(&state, &viewer, user_id).await?;
     // GREATEST guards the CHECK constraint against the database clock stepping back.
     let closed = sqlx::query_as::<_, EntryRow>(&format!(
         "UPDATE clock_entries SET clock_out = GREATEST(now(), clock_in)
@@ -112,8 +142,10 @@ pub struct Status {
 /// `GET /users/{id}/clock/status`.
 pub async fn status(
     State(state): State<AppState>,
+    viewer: Viewer,
     UserId(user_id): UserId,
 ) -> Result<Json<Status>, AppError> {
+    may_read(&state, &viewer, user_id).await?;
     let open = sqlx::query_as::<_, EntryRow>(&format!(
         "SELECT {ENTRY_COLUMNS} FROM clock_entries WHERE user_id = $1 AND clock_out IS NULL"
     ))
@@ -152,9 +184,11 @@ pub struct DayTotal {
 /// `GET /users/{id}/clock/history?from=YYYY-MM-DD&to=YYYY-MM-DD` (UTC days, inclusive).
 pub async fn history(
     State(state): State<AppState>,
+    viewer: Viewer,
     UserId(user_id): UserId,
     ApiQuery(params): ApiQuery<HistoryParams>,
 ) -> Result<Json<History>, AppError> {
+    may_read(&state, &viewer, user_id).await?;
     let now = OffsetDateTime::now_utc();
     let (from, to) = resolve_range(params.from.as_deref(), params.to.as_deref(), now.date())?;
     let start = from.midnight().assume_utc();
@@ -185,7 +219,7 @@ pub async fn history(
 }
 
 /// Applies defaults and limits to the requested date range.
-fn resolve_range(
+pub(crate) fn resolve_range(
     from: Option<&str>,
     to: Option<&str>,
     today: Date,
@@ -220,7 +254,10 @@ fn parse_date(field: &str, raw: &str) -> Result<Date, AppError> {
     })
 }
 
-fn serialize_date<S: serde::Serializer>(date: &Date, serializer: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize_date<S: serde::Serializer>(
+    date: &Date,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     // Four-digit years only: parse_date never accepts anything else.
     serializer.collect_str(&format_args!(
         "{:04}-{:02}-{:02}",

@@ -9,6 +9,8 @@ use axum::http::HeaderValue;
 use sqlx::postgres::PgConnectOptions;
 use timemanager_shutdown::{DEFAULT_SHUTDOWN_DRAIN, InvalidDrainSeconds, parse_drain_seconds};
 
+use crate::auth::AuthSettings;
+use crate::auth::session::Lifetime;
 use crate::migrations::Timeouts;
 
 /// Port served (and probed by `healthcheck`) when `APP_PORT` is unset or empty.
@@ -29,6 +31,9 @@ pub struct Config {
     /// How long `/health` answers 503 after SIGTERM/SIGINT before the server stops
     /// accepting connections (`SHUTDOWN_DRAIN_SECONDS`).
     pub shutdown_drain: Duration,
+    /// Sessions and sign-in (`SESSION_IDLE_TIMEOUT`, `SESSION_ABSOLUTE_TIMEOUT`,
+    /// `SESSION_COOKIE_SECURE`, `TRUST_FORWARDED_FOR`).
+    pub auth: AuthSettings,
 }
 
 /// A PostgreSQL URL whose password never appears in `Debug`/`Display` output.
@@ -186,6 +191,8 @@ impl Config {
             })?,
         };
 
+        let auth = auth_settings(&get, host)?;
+
         Ok(Self {
             host,
             port,
@@ -194,6 +201,7 @@ impl Config {
             cors,
             otel,
             shutdown_drain,
+            auth,
         })
     }
 }
@@ -220,6 +228,63 @@ fn database_url(
         )
     })?;
     parse_database_url(raw.trim())
+}
+
+fn auth_settings(
+    get: &impl Fn(&'static str) -> Result<Option<String>, ConfigError>,
+    host: IpAddr,
+) -> Result<AuthSettings, ConfigError> {
+    let defaults = AuthSettings::default();
+    let lifetime = |name: &'static str, default: Duration| match get(name)? {
+        None => Ok(default),
+        Some(raw) => match parse_timeout(&raw) {
+            Ok(duration) if !duration.is_zero() => Ok(duration),
+            _ => Err(invalid(
+                name,
+                format!(
+                    "must be a duration such as 30min or 720min, got {}",
+                    quoted(&raw)
+                ),
+            )),
+        },
+    };
+    let lifetime = Lifetime {
+        idle: lifetime("SESSION_IDLE_TIMEOUT", defaults.lifetime.idle)?,
+        absolute: lifetime("SESSION_ABSOLUTE_TIMEOUT", defaults.lifetime.absolute)?,
+    };
+    let secure_cookie = match get("SESSION_COOKIE_SECURE")? {
+        None => true,
+        Some(raw) => parse_bool("SESSION_COOKIE_SECURE", &raw)?,
+    };
+    if !secure_cookie && !host.is_loopback() {
+        return Err(invalid(
+            "SESSION_COOKIE_SECURE",
+            format!(
+                "may be false only for development on loopback (APP_HOST=127.0.0.1 or ::1), \
+                 not with APP_HOST={host}: browsers would then send the session over plain HTTP"
+            ),
+        ));
+    }
+    let trust_forwarded_for = match get("TRUST_FORWARDED_FOR")? {
+        None => false,
+        Some(raw) => parse_bool("TRUST_FORWARDED_FOR", &raw)?,
+    };
+    Ok(AuthSettings {
+        lifetime,
+        secure_cookie,
+        trust_forwarded_for,
+    })
+}
+
+fn parse_bool(name: &'static str, raw: &str) -> Result<bool, ConfigError> {
+    match raw {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(invalid(
+            name,
+            format!("must be true or false, got {}", quoted(raw)),
+        )),
+    }
 }
 
 /// Address the `healthcheck` subcommand probes: `127.0.0.1:$APP_PORT`. Reads nothing but
@@ -731,6 +796,42 @@ mod tests {
                 )
             );
         }
+    }
+
+    #[test]
+    fn session_settings() {
+        let base = [("DATABASE_URL", "postgres://db/x")];
+        let auth = config(&base).unwrap().auth;
+        assert_eq!(auth, AuthSettings::default());
+        assert!(auth.secure_cookie && !auth.trust_forwarded_for);
+        let auth = config(&[
+            ("DATABASE_URL", "postgres://db/x"),
+            ("SESSION_IDLE_TIMEOUT", "30min"),
+            ("SESSION_ABSOLUTE_TIMEOUT", "600min"),
+            ("TRUST_FORWARDED_FOR", "true"),
+            ("APP_HOST", "127.0.0.1"),
+            ("SESSION_COOKIE_SECURE", "false"),
+        ])
+        .unwrap()
+        .auth;
+        assert_eq!(auth.lifetime.idle, Duration::from_secs(1800));
+        assert_eq!(auth.lifetime.absolute, Duration::from_secs(36_000));
+        assert!(!auth.secure_cookie && auth.trust_forwarded_for);
+        let err = config(&[
+            ("DATABASE_URL", "postgres://db/x"),
+            ("SESSION_COOKIE_SECURE", "false"),
+        ])
+        .err()
+        .unwrap();
+        assert_eq!(err.variable, "SESSION_COOKIE_SECURE");
+        assert!(err.problem.contains("loopback"), "{err}");
+        let err = config(&[
+            ("DATABASE_URL", "postgres://db/x"),
+            ("SESSION_IDLE_TIMEOUT", "0"),
+        ])
+        .err()
+        .unwrap();
+        assert_eq!(err.variable, "SESSION_IDLE_TIMEOUT");
     }
 
     #[test]

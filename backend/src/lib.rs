@@ -1,5 +1,7 @@
 //! Time Manager backend: an HTTP API for users and clock entries on PostgreSQL.
 
+pub mod admin;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod error;
@@ -7,6 +9,7 @@ pub mod extract;
 pub mod health;
 pub mod metrics;
 pub mod migrations;
+pub mod teams;
 pub mod telemetry;
 pub mod users;
 
@@ -19,7 +22,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::{Method, StatusCode, header};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection as _, PgPool};
 use timemanager_shutdown::{Drain, ShutdownSignal, serve_and_drain};
@@ -27,6 +30,7 @@ use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::auth::{Auth, AuthSettings};
 use crate::config::{Config, CorsOrigins};
 use crate::error::{error_chain, json_error};
 use crate::metrics::Metrics;
@@ -57,6 +61,8 @@ pub struct AppState {
     pub cors: CorsOrigins,
     /// Set on SIGTERM/SIGINT: `/health` then answers 503 (see [`timemanager_shutdown`]).
     pub drain: Drain,
+    /// Session settings and the sign-in limiter.
+    pub auth: Arc<Auth>,
 }
 
 impl AppState {
@@ -66,7 +72,13 @@ impl AppState {
             metrics: Arc::new(Metrics::new()),
             cors: CorsOrigins::Disabled,
             drain: Drain::default(),
+            auth: Auth::new(AuthSettings::default()),
         }
+    }
+
+    pub fn with_auth(mut self, settings: AuthSettings) -> Self {
+        self.auth = Auth::new(settings);
+        self
     }
 
     pub fn with_cors(mut self, cors: CorsOrigins) -> Self {
@@ -76,16 +88,32 @@ impl AppState {
 }
 
 /// The complete HTTP application. Routes carry no `/api` prefix: Traefik strips it.
+/// Every route but `/health`, `/metrics` and `/auth/login` needs a session
+/// ([`auth::require_session`]); adding a route to `signed_in` is the only way in.
 pub fn app(state: AppState) -> Router {
-    let router = Router::new()
-        .route("/health", get(health::health))
-        .route("/metrics", get(metrics::metrics_handler))
+    let signed_in = Router::new()
+        .route("/auth/logout", post(auth::logout))
+        .route("/auth/me", get(auth::me))
+        .route("/auth/password", post(auth::change_password))
         .route("/users", get(users::list_users).post(users::create_user))
         .route("/users/{id}", get(users::get_user))
+        .route("/users/{id}/account", put(users::update_account))
+        .route("/users/{id}/password", post(users::reset_password))
         .route("/users/{id}/clock/in", post(clock::clock_in))
         .route("/users/{id}/clock/out", post(clock::clock_out))
         .route("/users/{id}/clock/status", get(clock::status))
         .route("/users/{id}/clock/history", get(clock::history))
+        .route("/teams", get(teams::list_teams).post(teams::create_team))
+        .route("/teams/{id}/totals", get(teams::totals))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_session,
+        ));
+    let router = Router::new()
+        .route("/health", get(health::health))
+        .route("/metrics", get(metrics::metrics_handler))
+        .route("/auth/login", post(auth::login))
+        .merge(signed_in)
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not found") })
         .method_not_allowed_fallback(|| async {
             json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
@@ -114,8 +142,12 @@ fn cors_layer(origins: &CorsOrigins) -> Option<CorsLayer> {
     Some(
         CorsLayer::new()
             .allow_origin(allow_origin)
-            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-            .allow_headers([header::CONTENT_TYPE, header::ACCEPT])
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::OPTIONS])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::ACCEPT,
+                header::HeaderName::from_static(auth::session::CSRF_HEADER),
+            ])
             .max_age(Duration::from_secs(600)),
     )
 }
@@ -247,7 +279,11 @@ async fn serve(config: Config) -> ExitCode {
     };
     tracing::info!(%addr, "listening");
 
-    let state = AppState::new(pool.clone()).with_cors(config.cors);
+    // Off the runtime, while the listener already accepts (sign-ins wait on the OnceLock).
+    tokio::task::spawn_blocking(auth::password::warm_up);
+    let state = AppState::new(pool.clone())
+        .with_cors(config.cors)
+        .with_auth(config.auth);
     let drain = state.drain.clone();
     let code =
         match serve_and_drain(listener, app(state), drain, config.shutdown_drain, shutdown).await {

@@ -6,19 +6,23 @@ use timemanager_backend::config::{self, Config, MigrateConfig};
 use timemanager_backend::{REVISION, VERSION};
 
 const USAGE: &str =
-    "usage: timemanager-backend [healthcheck | migrate | migrations | --version | --help]
+    "usage: timemanager-backend [healthcheck | migrate | migrations | create-admin --email E [--username U] | --version | --help]
 
 Runs the Time Manager API server (configured through APP_HOST, APP_PORT, DATABASE_URL,
 RUST_LOG, CORS_ALLOWED_ORIGINS, OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME,
-SHUTDOWN_DRAIN_SECONDS; DATABASE_URL_FILE instead of DATABASE_URL reads the URL from a
-file, e.g. a Docker Swarm secret). On SIGTERM/SIGINT /health answers 503 for SHUTDOWN_DRAIN_SECONDS
+SHUTDOWN_DRAIN_SECONDS, SESSION_IDLE_TIMEOUT (default 240min), SESSION_ABSOLUTE_TIMEOUT
+(default 720min), SESSION_COOKIE_SECURE (default true; false only with a loopback APP_HOST),
+TRUST_FORWARDED_FOR (default false; true behind Traefik); DATABASE_URL_FILE instead of
+DATABASE_URL reads the URL from a file, e.g. a Docker Swarm secret). On SIGTERM/SIGINT /health answers 503 for SHUTDOWN_DRAIN_SECONDS
 (default 12) while other requests are served, then in-flight requests finish and it exits.
 `healthcheck` exits 0 if http://127.0.0.1:$APP_PORT/health answers 200 within 3 s.
 `migrate` applies pending migrations once and exits (0 done or none pending, 1 failed),
 under the migration lock; it reads DATABASE_URL, MIGRATE_LOCK_TIMEOUT (default 5s) and
 MIGRATE_STATEMENT_TIMEOUT (default 5min), durations such as 500ms, 5s or 5min, 0 disables.
 `migrations` prints this binary's migrations as JSON lines (version, kind, description,
-checksum, no_transaction) and needs no database.";
+checksum, no_transaction) and needs no database.
+`create-admin` makes E an admin (a new user, or an existing one with a new password); it
+reads the password from the first line of stdin, never from arguments, and DATABASE_URL.";
 
 /// Configuration and usage errors, distinct from runtime failures (1).
 const EXIT_USAGE: u8 = 2;
@@ -35,6 +39,10 @@ fn main() -> ExitCode {
         ["healthcheck"] => timemanager_probe::run_healthcheck(config::probe_addr_from_env()),
         ["migrate"] => migrate(),
         ["migrations"] => timemanager_backend::migrations::print_list(),
+        ["create-admin", "--email", email] => create_admin(email, None),
+        ["create-admin", "--email", email, "--username", username] => {
+            create_admin(email, Some(username))
+        }
         ["--version" | "-V"] => {
             println!("timemanager-backend {VERSION} ({REVISION})");
             ExitCode::SUCCESS
@@ -79,6 +87,32 @@ fn migrate() -> ExitCode {
     block_on(
         tokio::runtime::Builder::new_current_thread(),
         timemanager_backend::migrations::migrate_command(config),
+    )
+}
+
+fn create_admin(email: &str, username: Option<&str>) -> ExitCode {
+    let config = match MigrateConfig::from_env() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let password = match timemanager_backend::admin::read_password(std::io::stdin().lock()) {
+        Ok(password) => password,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    block_on(
+        tokio::runtime::Builder::new_current_thread(),
+        timemanager_backend::admin::create_admin_command(
+            config,
+            email.to_owned(),
+            username.map(str::to_owned),
+            password,
+        ),
     )
 }
 

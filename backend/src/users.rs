@@ -1,4 +1,5 @@
-//! Users: `POST /users`, `GET /users`, `GET /users/{id}`.
+//! Users: `POST /users` and `PUT /users/{id}/account` and `POST /users/{id}/password`
+//! (admins), `GET /users` (whom the viewer may see), `GET /users/{id}`.
 
 use axum::Json;
 use axum::extract::State;
@@ -8,7 +9,8 @@ use sqlx::{FromRow, PgPool};
 use time::OffsetDateTime;
 
 use crate::AppState;
-use crate::error::{AppError, unique_violation};
+use crate::auth::{self, Role, Viewer, password, session};
+use crate::error::{AppError, is_foreign_key_violation, unique_violation};
 use crate::extract::{ApiJson, ApiQuery, UserId, short_quote};
 
 const USERNAME_MIN: usize = 3;
@@ -22,19 +24,54 @@ pub struct User {
     pub id: i64,
     pub username: String,
     pub email: String,
+    #[sqlx(try_from = "String")]
+    pub role: RoleColumn,
+    pub team_id: Option<i64>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+}
+
+/// `accounts.role` as read through `COALESCE` (an account-less user is an employee).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct RoleColumn(pub Role);
+
+impl From<String> for RoleColumn {
+    fn from(raw: String) -> Self {
+        Self(Role::parse(&raw))
+    }
+}
+
+/// Columns of [`User`], over `users u LEFT JOIN accounts a`.
+const USER_SELECT: &str = "SELECT u.id, u.username, u.email, COALESCE(a.role, 'employee') AS role,
+        a.team_id, u.created_at
+ FROM users u LEFT JOIN accounts a ON a.user_id = u.id";
+
+/// One user, whoever asks.
+pub async fn fetch_user(pool: &PgPool, id: i64) -> Result<Option<User>, sqlx::Error> {
+    sqlx::query_as::<_, User>(&format!("{USER_SELECT} WHERE u.id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
 }
 
 #[derive(Debug, Deserialize)]
 pub struct NewUser {
     pub username: String,
     pub email: String,
+    #[serde(default = "default_role")]
+    pub role: Role,
+    #[serde(default)]
+    pub team_id: Option<i64>,
+}
+
+fn default_role() -> Role {
+    Role::Employee
 }
 
 impl NewUser {
     /// Trims surrounding whitespace and checks both fields.
-    fn validate(self) -> Result<Self, AppError> {
+    pub(crate) fn validate(self) -> Result<Self, AppError> {
         let username = self.username.trim().to_owned();
         let email = self.email.trim().to_owned();
 
@@ -58,7 +95,11 @@ impl NewUser {
                 short_quote(&email)
             )));
         }
-        Ok(Self { username, email })
+        Ok(Self {
+            username,
+            email,
+            ..self
+        })
     }
 }
 
@@ -80,30 +121,137 @@ fn is_plausible_email(email: &str) -> bool {
     }
 }
 
-/// `POST /users` → 201 with the created user.
+/// The answer to `POST /users` and `POST /users/{id}/password`: the password is shown
+/// this once and must be replaced at the first sign-in.
+#[derive(Debug, Serialize)]
+pub struct Created {
+    pub user: User,
+    pub initial_password: String,
+}
+
+/// `POST /users` (admin) → 201 with the user and a one-time password.
 pub async fn create_user(
     State(state): State<AppState>,
+    viewer: Viewer,
     ApiJson(new_user): ApiJson<NewUser>,
-) -> Result<(StatusCode, Json<User>), AppError> {
+) -> Result<(StatusCode, Json<Created>), AppError> {
+    viewer.require_admin()?;
     let new_user = new_user.validate()?;
-    let result = sqlx::query_as::<_, User>(
-        "INSERT INTO users (username, email) VALUES ($1, $2)
-         RETURNING id, username, email, created_at",
+    let initial_password = password::one_time();
+    let hash = auth::hash_password(&state.auth, initial_password.clone()).await?;
+    let mut tx = state.pool.begin().await?;
+    let inserted = sqlx::query_scalar::<_, i64>(
+        "INSERT INTO users (username, email) VALUES ($1, $2) RETURNING id",
     )
     .bind(&new_user.username)
     .bind(&new_user.email)
-    .fetch_one(&state.pool)
+    .fetch_one(&mut *tx)
     .await;
-
-    match result {
-        Ok(user) => Ok((StatusCode::CREATED, Json(user))),
-        Err(err) => Err(match unique_violation(&err) {
-            // Constraint names come from the migrations.
-            Some("users_username_key") => AppError::conflict("username is already taken"),
-            Some("users_email_key") => AppError::conflict("email is already registered"),
-            _ => err.into(),
+    let id = match inserted {
+        Ok(id) => id,
+        Err(err) => {
+            return Err(match unique_violation(&err) {
+                // Constraint names come from the migrations.
+                Some("users_username_key") => AppError::conflict("username is already taken"),
+                Some("users_email_key") => AppError::conflict("email is already registered"),
+                _ => err.into(),
+            });
+        }
+    };
+    sqlx::query(
+        "INSERT INTO accounts (user_id, role, team_id, password_hash, must_change_password)
+         VALUES ($1, $2, $3, $4, true)",
+    )
+    .bind(id)
+    .bind(new_user.role.as_str())
+    .bind(new_user.team_id)
+    .bind(&hash)
+    .execute(&mut *tx)
+    .await
+    .map_err(team_error(new_user.team_id))?;
+    tx.commit().await?;
+    tracing::info!(user_id = id, role = new_user.role.as_str(), "user created");
+    let user = fetch_user(&state.pool, id)
+        .await?
+        .ok_or_else(|| user_not_found(id))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Created {
+            user,
+            initial_password,
         }),
+    ))
+}
+
+fn team_error(team_id: Option<i64>) -> impl FnOnce(sqlx::Error) -> AppError {
+    move |err| {
+        if is_foreign_key_violation(&err) {
+            AppError::unprocessable(format!("team {} not found", team_id.unwrap_or_default()))
+        } else {
+            err.into()
+        }
     }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AccountUpdate {
+    pub role: Role,
+    pub team_id: Option<i64>,
+}
+
+/// `PUT /users/{id}/account` (admin) `{"role": ..., "team_id": ...|null}` → the user.
+pub async fn update_account(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    UserId(id): UserId,
+    ApiJson(update): ApiJson<AccountUpdate>,
+) -> Result<Json<User>, AppError> {
+    viewer.require_admin()?;
+    ensure_user_exists(&state.pool, id).await?;
+    if id == viewer.user_id && update.role != Role::Admin {
+        return Err(AppError::conflict(
+            "an admin cannot take their own admin role away",
+        ));
+    }
+    sqlx::query(
+        "INSERT INTO accounts (user_id, role, team_id) VALUES ($1, $2, $3)
+         ON CONFLICT (user_id) DO UPDATE SET role = $2, team_id = $3, updated_at = now()",
+    )
+    .bind(id)
+    .bind(update.role.as_str())
+    .bind(update.team_id)
+    .execute(&state.pool)
+    .await
+    .map_err(team_error(update.team_id))?;
+    tracing::info!(user_id = id, role = update.role.as_str(), "account updated");
+    fetch_user(&state.pool, id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| user_not_found(id))
+}
+
+/// `POST /users/{id}/password` (admin) → a new one-time password; the user's sessions end.
+/// How an admin gives a password to a user who has none (e.g. migrated from before
+/// accounts existed) or forgot theirs.
+pub async fn reset_password(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    UserId(id): UserId,
+) -> Result<Json<Created>, AppError> {
+    viewer.require_admin()?;
+    let user = fetch_user(&state.pool, id)
+        .await?
+        .ok_or_else(|| user_not_found(id))?;
+    let initial_password = password::one_time();
+    let hash = auth::hash_password(&state.auth, initial_password.clone()).await?;
+    auth::set_password(&state.pool, id, &hash, true).await?;
+    let keep = (id == viewer.user_id).then_some(viewer.token_hash.as_slice());
+    session::end_others(&state.pool, id, keep).await?;
+    tracing::info!(user_id = id, "one-time password set");
+    Ok(Json(Created {
+        user,
+        initial_password,
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,9 +260,11 @@ pub struct ListParams {
     offset: Option<String>,
 }
 
-/// `GET /users?limit=&offset=` → users ordered by id (default limit 100, max 1000).
+/// `GET /users?limit=&offset=` → the users the viewer may see, by id (default limit 100,
+/// max 1000): everyone for an admin, the team for a manager, oneself otherwise.
 pub async fn list_users(
     State(state): State<AppState>,
+    viewer: Viewer,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Vec<User>>, AppError> {
     let limit = match params.limit.as_deref() {
@@ -141,24 +291,32 @@ pub async fn list_users(
             }
         },
     };
-    let users = sqlx::query_as::<_, User>(
-        "SELECT id, username, email, created_at FROM users ORDER BY id LIMIT $1 OFFSET $2",
-    )
+    let team = viewer.team_id.filter(|_| viewer.role == Role::Manager);
+    let users = sqlx::query_as::<_, User>(&format!(
+        "{USER_SELECT}
+         WHERE $3 OR u.id = $4 OR ($5::bigint IS NOT NULL AND a.team_id = $5)
+         ORDER BY u.id LIMIT $1 OFFSET $2"
+    ))
     .bind(limit)
     .bind(offset)
+    .bind(viewer.is_admin())
+    .bind(viewer.user_id)
+    .bind(team)
     .fetch_all(&state.pool)
     .await?;
     Ok(Json(users))
 }
 
-/// `GET /users/{id}` → the user, or 404.
+/// `GET /users/{id}` → the user, or 404 (also for a user the viewer may not see).
 pub async fn get_user(
     State(state): State<AppState>,
+    viewer: Viewer,
     UserId(id): UserId,
 ) -> Result<Json<User>, AppError> {
-    sqlx::query_as::<_, User>("SELECT id, username, email, created_at FROM users WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&state.pool)
+    if !viewer.can_see(&state.pool, id).await? {
+        return Err(user_not_found(id));
+    }
+    fetch_user(&state.pool, id)
         .await?
         .map(Json)
         .ok_or_else(|| user_not_found(id))

@@ -13,6 +13,11 @@ import {
   type DaySummary,
   type Entry,
   type History,
+  type Me,
+  type CreatedUser,
+  type MemberTotal,
+  type Team,
+  type TeamTotals,
   type User,
 } from './api';
 import { nullable, shapeMismatches, type AnyShape, type Shape } from './test/shape';
@@ -22,7 +27,25 @@ const user: Shape<User> = {
   id: 'number',
   username: 'string',
   email: 'string',
+  role: 'string',
+  team_id: nullable('number'),
   created_at: 'string',
+};
+const me: Shape<Me> = { user, must_change_password: 'boolean', csrf_token: 'string' };
+const createdUser: Shape<CreatedUser> = { user, initial_password: 'string' };
+const team: Shape<Team> = { id: 'number', name: 'string', created_at: 'string' };
+const memberTotal: Shape<MemberTotal> = {
+  user_id: 'number',
+  username: 'string',
+  role: 'string',
+  clocked_in: 'boolean',
+  worked_seconds: 'number',
+};
+const teamTotals: Shape<TeamTotals> = {
+  team,
+  from: 'string',
+  to: 'string',
+  members: [memberTotal],
 };
 const entry: Shape<Entry> = {
   id: 'number',
@@ -51,7 +74,16 @@ function endpoint<T>(status: number, call: (api: ApiClient) => Promise<T>) {
 }
 
 const ENDPOINTS: Record<string, Endpoint> = {
-  'user.json': endpoint(201, (api) => api.createUser({ username: 'ada', email: 'a@b.co' }))(user),
+  'user.json': endpoint(200, (api) => api.getUser(7))(user),
+  'user-created.json': endpoint(201, (api) =>
+    api.createUser({ username: 'ada', email: 'a@b.co' }),
+  )(createdUser),
+  'me.json': endpoint(200, (api) => api.login('root@example.com', 'secret secret'))(me),
+  'team.json': endpoint(201, (api) => api.createTeam('Night shift'))(team),
+  'team-list.json': endpoint(200, (api) => api.listTeams())([team]),
+  'team-totals.json': endpoint(200, (api) =>
+    api.getTeamTotals(3, { from: '2024-01-01', to: '2024-01-07' }),
+  )(teamTotals),
   'user-list.json': endpoint(200, (api) => api.listUsers())([user]),
   'clock-entry-open.json': endpoint(201, (api) => api.clockIn(7))(entry),
   'clock-entry-closed.json': endpoint(200, (api) => api.clockOut(7))(entry),

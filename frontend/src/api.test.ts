@@ -7,10 +7,19 @@ import {
   errorMessage,
   extractErrorMessage,
   type Entry,
+  type Me,
   type User,
 } from './api';
 
-const user: User = { id: 7, username: 'ada', email: 'ada@example.com', created_at: '2024-01-01T09:00:00Z' };
+const user: User = {
+  id: 7,
+  username: 'ada',
+  email: 'ada@example.com',
+  role: 'employee',
+  team_id: null,
+  created_at: '2024-01-01T09:00:00Z',
+};
+const me: Me = { user, must_change_password: false, csrf_token: 'c5rf' };
 const openEntry: Entry = {
   id: 3,
   user_id: 7,
@@ -112,16 +121,49 @@ describe('createApiClient', () => {
   });
 
   it('POSTs a new user as JSON', async () => {
-    const fetchFn = mockFetch(jsonResponse(201, user));
+    const created = { user, initial_password: 'one-time-password' };
+    const fetchFn = mockFetch(jsonResponse(201, created));
     const api = createApiClient('/api', fetchFn);
 
-    await expect(api.createUser({ username: 'ada', email: 'ada@example.com' })).resolves.toEqual(user);
+    await expect(api.createUser({ username: 'ada', email: 'ada@example.com' })).resolves.toEqual(
+      created,
+    );
 
     const [url, init] = fetchFn.mock.calls[0];
     expect(url).toBe('/api/users');
     expect(init?.method).toBe('POST');
     expect(init?.headers).toMatchObject({ 'Content-Type': 'application/json' });
     expect(JSON.parse(init?.body as string)).toEqual({ username: 'ada', email: 'ada@example.com' });
+  });
+
+  it('signs in, then sends the session CSRF token on every change, and signs out', async () => {
+    const fetchFn = mockFetch(
+      jsonResponse(200, me),
+      jsonResponse(201, openEntry),
+      new Response(null, { status: 204 }),
+    );
+    const api = createApiClient('/api', fetchFn);
+
+    await expect(api.login('ada@example.com', 'secret secret')).resolves.toEqual(me);
+    await api.clockIn(7);
+    await api.logout();
+
+    const [loginUrl, loginInit] = fetchFn.mock.calls[0];
+    expect(loginUrl).toBe('/api/auth/login');
+    expect(JSON.parse(loginInit?.body as string)).toEqual({
+      email: 'ada@example.com',
+      password: 'secret secret',
+    });
+    expect(loginInit?.headers).not.toHaveProperty('X-CSRF-Token');
+    expect(fetchFn.mock.calls[1][1]?.headers).toMatchObject({ 'X-CSRF-Token': 'c5rf' });
+    expect(fetchFn.mock.calls[1][1]?.credentials).toBe('same-origin');
+    expect(fetchFn.mock.calls[2][0]).toBe('/api/auth/logout');
+    expect(fetchFn.mock.calls[2][1]?.headers).toMatchObject({ 'X-CSRF-Token': 'c5rf' });
+  });
+
+  it('reads no session as null from /auth/me', async () => {
+    const api = createApiClient('/api', mockFetch(jsonResponse(401, { error: 'sign-in required' })));
+    await expect(api.me()).resolves.toBeNull();
   });
 
   it('calls the clock endpoints', async () => {

@@ -1,15 +1,54 @@
 // Typed client for the Time Manager backend API.
 //
 // The response types below are written by hand after `backend/src/users.rs`,
-// `clock.rs` and `error.rs`. `fixtures/api/` (repository root) holds one JSON file
+// `clock.rs`, `teams.rs`, `auth.rs` and `error.rs`. `fixtures/api/` (repository root) holds one JSON file
 // per response shape: the backend's tests check real responses against it, and
 // `api.fixtures.test.ts` checks it against these types.
+
+export type Role = 'employee' | 'manager' | 'admin';
 
 export interface User {
   id: number;
   username: string;
   email: string;
+  role: Role;
+  team_id: number | null;
   created_at: string;
+}
+
+/** The signed-in user (`GET /auth/me`, `POST /auth/login`). */
+export interface Me {
+  user: User;
+  must_change_password: boolean;
+  /** Sent back in `X-CSRF-Token` on every state-changing request. */
+  csrf_token: string;
+}
+
+/** A user an admin created (or reset): the one-time password is shown only this once. */
+export interface CreatedUser {
+  user: User;
+  initial_password: string;
+}
+
+export interface Team {
+  id: number;
+  name: string;
+  created_at: string;
+}
+
+export interface MemberTotal {
+  user_id: number;
+  username: string;
+  role: Role;
+  clocked_in: boolean;
+  worked_seconds: number;
+}
+
+export interface TeamTotals {
+  team: Team;
+  from: string;
+  to: string;
+  members: MemberTotal[];
 }
 
 export interface Entry {
@@ -39,6 +78,8 @@ export interface History {
 export interface NewUser {
   username: string;
   email: string;
+  role?: Role;
+  team_id?: number | null;
 }
 
 export interface HistoryRange {
@@ -49,8 +90,18 @@ export interface HistoryRange {
 }
 
 export interface ApiClient {
+  login(email: string, password: string): Promise<Me>;
+  /** The signed-in user, or `null` without a session. */
+  me(): Promise<Me | null>;
+  logout(): Promise<void>;
+  changePassword(currentPassword: string, newPassword: string): Promise<void>;
   listUsers(): Promise<User[]>;
-  createUser(user: NewUser): Promise<User>;
+  createUser(user: NewUser): Promise<CreatedUser>;
+  updateAccount(id: number, role: Role, teamId: number | null): Promise<User>;
+  resetPassword(id: number): Promise<CreatedUser>;
+  listTeams(): Promise<Team[]>;
+  createTeam(name: string): Promise<Team>;
+  getTeamTotals(teamId: number, range: HistoryRange): Promise<TeamTotals>;
   getUser(id: number): Promise<User>;
   clockIn(userId: number): Promise<Entry>;
   clockOut(userId: number): Promise<Entry>;
@@ -74,6 +125,10 @@ export class ApiError extends Error {
 
   get isNotFound(): boolean {
     return this.status === 404;
+  }
+
+  get isUnauthorized(): boolean {
+    return this.status === 401;
   }
 }
 
@@ -129,7 +184,7 @@ function defaultMessage(status: number, statusText: string): string {
 type FetchLike = (input: string, init?: RequestInit) => Promise<Response>;
 
 interface RequestOptions {
-  method?: 'GET' | 'POST';
+  method?: 'GET' | 'POST' | 'PUT';
   body?: unknown;
   query?: Record<string, string>;
   /** Messages for specific statuses when the server sends none. */
@@ -140,10 +195,19 @@ export function createApiClient(
   baseUrl: string = configuredBaseUrl(),
   fetchFn: FetchLike = (input, init) => globalThis.fetch(input, init),
 ): ApiClient {
+  // The session's CSRF token, learnt from the sign-in or `/auth/me` answer. The session
+  // itself is an HttpOnly cookie this code never sees.
+  let csrfToken: string | null = null;
+  const remember = (me: Me): Me => {
+    csrfToken = me.csrf_token;
+    return me;
+  };
+
   async function request<T>(path: string, options: RequestOptions = {}): Promise<T> {
     const { method = 'GET', body, query, fallbacks = {} } = options;
     const headers: Record<string, string> = { Accept: 'application/json' };
-    const init: RequestInit = { method, headers };
+    if (method !== 'GET' && csrfToken !== null) headers['X-CSRF-Token'] = csrfToken;
+    const init: RequestInit = { method, headers, credentials: 'same-origin' };
     if (body !== undefined) {
       headers['Content-Type'] = 'application/json';
       init.body = JSON.stringify(body);
@@ -157,6 +221,7 @@ export function createApiClient(
     }
 
     const text = await response.text().catch(() => '');
+    if (response.status === 204) return undefined as T;
     if (!response.ok) {
       const fallback =
         fallbacks[response.status] ?? defaultMessage(response.status, response.statusText);
@@ -172,12 +237,57 @@ export function createApiClient(
   const userPath = (id: number) => `/users/${encodeURIComponent(String(id))}`;
 
   return {
+    login: async (email, password) =>
+      remember(
+        await request<Me>('/auth/login', {
+          method: 'POST',
+          body: { email, password },
+          fallbacks: { 401: 'Wrong email or password.', 429: 'Too many attempts. Wait a while.' },
+        }),
+      ),
+    me: async () => {
+      try {
+        return remember(await request<Me>('/auth/me'));
+      } catch (error) {
+        if (error instanceof ApiError && error.isUnauthorized) {
+          csrfToken = null;
+          return null;
+        }
+        throw error;
+      }
+    },
+    logout: async () => {
+      await request<void>('/auth/logout', { method: 'POST' });
+      csrfToken = null;
+    },
+    changePassword: (currentPassword, newPassword) =>
+      request<void>('/auth/password', {
+        method: 'POST',
+        body: { current_password: currentPassword, new_password: newPassword },
+      }),
     listUsers: () => request<User[]>('/users'),
     createUser: (user) =>
-      request<User>('/users', {
+      request<CreatedUser>('/users', {
         method: 'POST',
         body: user,
         fallbacks: { 409: 'A user with that username or email already exists.' },
+      }),
+    updateAccount: (id, role, teamId) =>
+      request<User>(`${userPath(id)}/account`, {
+        method: 'PUT',
+        body: { role, team_id: teamId },
+      }),
+    resetPassword: (id) => request<CreatedUser>(`${userPath(id)}/password`, { method: 'POST' }),
+    listTeams: () => request<Team[]>('/teams'),
+    createTeam: (name) =>
+      request<Team>('/teams', {
+        method: 'POST',
+        body: { name },
+        fallbacks: { 409: 'A team with that name exists.' },
+      }),
+    getTeamTotals: (teamId, range) =>
+      request<TeamTotals>(`/teams/${encodeURIComponent(String(teamId))}/totals`, {
+        query: { from: range.from, to: range.to },
       }),
     getUser: (id) => request<User>(userPath(id), { fallbacks: { 404: 'User not found.' } }),
     clockIn: (userId) =>

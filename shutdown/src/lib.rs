@@ -134,7 +134,9 @@ pub async fn serve_and_drain(
     mut signal: ShutdownSignal,
 ) -> io::Result<()> {
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+    // With the peer address, which the backend's sign-in limiter counts by.
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = axum::serve(listener, service).with_graceful_shutdown(async move {
         signal.recv().await;
         drain.start();
         tracing::info!(

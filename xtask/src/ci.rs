@@ -3,6 +3,7 @@
 //! reported. `--only NAME` runs one step or one check (and what it needs).
 
 mod base_images;
+mod browser;
 mod images;
 mod migrations;
 mod push_checks;
@@ -26,6 +27,7 @@ const STEPS: &[(&str, &str)] = &[
     ("frontend-typecheck", "frontend type-check"),
     ("frontend-test", "frontend unit tests"),
     ("frontend-build", "frontend build"),
+    ("browser", "browser: Chromium signs in, clocks, signs out"),
     (
         "stack",
         "the stack's checks (compose, promtool, actionlint, yaml and json)",
@@ -123,6 +125,9 @@ impl flags::Ci {
                 Some("test") => Ok(cmd!(sh, "npm test").run()?),
                 Some(script) => Ok(cmd!(sh, "npm run {script}").run()?),
             })?;
+        }
+        if !self.skip_frontend && only.step("browser") {
+            steps.run(title("browser"), || browser::check(sh))?;
         }
         if only.step("stack") {
             stack::check(sh, &mut steps)?;

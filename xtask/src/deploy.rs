@@ -1,5 +1,5 @@
 //! `cargo xtask deploy` and the commands that operate the server: `rollback`, `releases`,
-//! `status`, `logs`, `server-setup`.
+//! `status`, `logs`, `create-admin`, `server-setup`.
 //!
 //! A deploy is a [`plan::Plan`] built before anything runs (printed by `--dry-run`), then
 //! executed step by step over one ssh connection while the server's deploy lock is held:
@@ -46,7 +46,7 @@ use crate::{
         releases::{format_releases, parse_releases, rollback_target},
         run::{Run, holder, run_id},
         scripts::ServerScripts,
-        secrets::Redactor,
+        secrets::{Redactor, Secret},
         settings::{Lookup, OWN_SERVICES, Problems, Target},
         ssh::{Session, Stdout},
         upload::{Upload, pack},
@@ -134,6 +134,45 @@ impl flags::Logs {
         session.run(sh, "reading logs", &script, Stdout::Print)?;
         Ok(())
     }
+}
+
+impl flags::CreateAdmin {
+    pub(crate) fn run(self, sh: &Shell) -> anyhow::Result<()> {
+        let stdin = std::io::stdin();
+        let password = read_admin_password(stdin.lock(), std::io::IsTerminal::is_terminal(&stdin))?;
+        let (target, mut redactor) = server_target(&self.server, &settings::from_process_env)?;
+        redactor.add(&password);
+        let session = Session::open(sh, &target, &redactor)?;
+        let script = ServerScripts::read_only(&target).create_admin(
+            &self.email,
+            self.username.as_deref(),
+            &password,
+        );
+        session.run(sh, "creating the admin", &script, Stdout::Print)?;
+        Ok(())
+    }
+}
+
+/// The first line of stdin; a terminal is refused because it would echo the password.
+fn read_admin_password(
+    mut input: impl std::io::BufRead,
+    is_terminal: bool,
+) -> anyhow::Result<Secret> {
+    if is_terminal {
+        bail!(
+            "pipe the password on stdin, a terminal would show it: \
+             `read -rs PW && printf '%s\\n' \"$PW\" | cargo xtask create-admin --email ...`"
+        );
+    }
+    let mut line = String::new();
+    input
+        .read_line(&mut line)
+        .context("reading the password from stdin")?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        bail!("no password on stdin: its first line is the password");
+    }
+    Ok(Secret::new(password))
 }
 
 impl flags::ServerSetup {

@@ -30,6 +30,9 @@ pub(crate) enum Command {
     Status(Status),
     /// Print (or follow) the logs of one service on the server.
     Logs(Logs),
+    /// Make an admin account on the deployed release (the first one, or a new password);
+    /// reads the password from stdin, never from arguments.
+    CreateAdmin(CreateAdmin),
     /// Provision a fresh Debian/Ubuntu server: Docker, compose, /opt/timemanager, firewall.
     ServerSetup(ServerSetup),
     /// Make a Docker Swarm of provisioned servers for `--mode swarm`: init on the manager,
@@ -341,6 +344,18 @@ pub(crate) struct Logs {
     /// Keep printing new lines until interrupted.
     #[arg(long, short = 'f')]
     pub(crate) follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CreateAdmin {
+    #[command(flatten)]
+    pub(crate) server: Server,
+    /// The admin's email address (their sign-in name).
+    #[arg(long)]
+    pub(crate) email: String,
+    /// Username of a new account (default: the email's local part).
+    #[arg(long)]
+    pub(crate) username: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -52,6 +52,7 @@ fn run(xtask: Xtask) -> anyhow::Result<()> {
         Command::Releases(cmd) => cmd.run(sh),
         Command::Status(cmd) => cmd.run(sh),
         Command::Logs(cmd) => cmd.run(sh),
+        Command::CreateAdmin(cmd) => cmd.run(sh),
         Command::ServerSetup(cmd) => cmd.run(sh),
         Command::SwarmSetup(cmd) => cmd.run(sh),
         Command::Db(cmd) => cmd.run(sh),

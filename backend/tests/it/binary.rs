@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use xshell::{Shell, cmd};
 
 use crate::pg::{Cluster, TestDb, free_port, wait_until};
-use crate::support::{BIN, Backend, http_get};
+use crate::support::{BIN, Backend, http_get, http_session};
 
 /// A short drain, so tests that stop the server do not wait the production default.
 pub const SHORT_DRAIN: (&str, &str) = ("SHUTDOWN_DRAIN_SECONDS", "0.3");
@@ -164,8 +164,10 @@ async fn backend_reports_503_while_postgres_is_down_and_recovers_without_restart
     .await;
 
     // Real requests work again too, on the same process.
+    let [(_, cookie), _] = http_session(&db, "root").await;
     let users = client
         .get(format!("{}/users", backend.base_url()))
+        .header("cookie", cookie)
         .send()
         .await
         .unwrap();
@@ -201,6 +203,7 @@ async fn sigterm_finishes_in_flight_request_refuses_new_connections_and_exits_0(
     })
     .await;
 
+    let [(_, cookie), (_, csrf)] = http_session(&db, "root").await;
     let body = br#"{"username":"judy","email":"judy@example.com"}"#;
     let (first, rest) = body.split_at(10);
     let mut stream = TcpStream::connect(("127.0.0.1", backend.port)).unwrap();
@@ -211,7 +214,7 @@ async fn sigterm_finishes_in_flight_request_refuses_new_connections_and_exits_0(
     // body, so SIGTERM provably arrives while the request is in flight.
     write!(
         stream,
-        "POST /users HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        "POST /users HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nX-CSRF-Token: {csrf}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
         body.len()
     )
     .unwrap();
@@ -262,7 +265,7 @@ async fn sigterm_finishes_in_flight_request_refuses_new_connections_and_exits_0(
         "{response}"
     );
     let json: Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
-    assert_eq!(json["username"], "judy");
+    assert_eq!(json["user"]["username"], "judy");
 
     let status = backend.wait_exit(Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0), "{}", backend.stdout());
@@ -337,8 +340,10 @@ async fn traces_are_exported_over_otlp_http_and_join_incoming_traces() {
     )
     .await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let [(_, cookie), _] = http_session(&db, "root").await;
     let response = reqwest::Client::new()
         .get(format!("{}/users/abc", backend.base_url()))
+        .header("cookie", cookie)
         .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
         .send()
         .await

@@ -21,7 +21,7 @@ fn timestamp(value: &Value) -> OffsetDateTime {
 #[tokio::test]
 async fn clock_in_status_out_flow() {
     let db = TestDb::migrated().await;
-    let app = app(&db);
+    let app = app(&db).await;
     let id = create_user(&app, "erin").await;
 
     let status = get(&app, &format!("/users/{id}/clock/status")).await;
@@ -74,7 +74,7 @@ async fn clock_in_status_out_flow() {
 #[tokio::test]
 async fn unknown_user_or_bad_id_on_clock_endpoints() {
     let db = TestDb::migrated().await;
-    let app = app(&db);
+    let app = app(&db).await;
     for path in ["clock/in", "clock/out"] {
         let message = post(&app, &format!("/users/4242/{path}"), None)
             .await
@@ -97,7 +97,7 @@ async fn unknown_user_or_bad_id_on_clock_endpoints() {
 #[tokio::test]
 async fn one_open_entry_is_enforced_by_the_database_under_concurrency() {
     let db = TestDb::migrated().await;
-    let app = app(&db);
+    let app = app(&db).await;
     let id = create_user(&app, "frank").await;
 
     // Concurrent clock-ins: exactly one wins, the rest get 409 (never 500).
@@ -143,7 +143,7 @@ async fn one_open_entry_is_enforced_by_the_database_under_concurrency() {
 #[tokio::test]
 async fn history_splits_days_at_utc_midnight_and_counts_open_entries() {
     let db = TestDb::migrated().await;
-    let app = app(&db);
+    let app = app(&db).await;
     let id = create_user(&app, "grace").await;
 
     // Fixed past entries, inserted directly so their times are known.
@@ -219,7 +219,7 @@ async fn history_splits_days_at_utc_midnight_and_counts_open_entries() {
 #[tokio::test]
 async fn history_query_validation() {
     let db = TestDb::migrated().await;
-    let app = app(&db);
+    let app = app(&db).await;
     let id = create_user(&app, "heidi").await;
     let url = |query: &str| format!("/users/{id}/clock/history?{query}");
 

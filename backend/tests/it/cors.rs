@@ -4,7 +4,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 
 use crate::pg::TestDb;
-use crate::support::send;
+use crate::support::{App, send};
 
 fn preflight(origin: &str) -> Request<Body> {
     Request::builder()
@@ -52,7 +52,7 @@ async fn cors_headers_only_for_configured_origins() {
     );
 
     let get = Request::builder()
-        .uri("/users")
+        .uri("/health")
         .header(header::ORIGIN, origin)
         .body(Body::empty())
         .unwrap();
@@ -63,7 +63,7 @@ async fn cors_headers_only_for_configured_origins() {
 
     // Unmatched routes still answer JSON 404 with CORS applied.
     let missing = send(
-        &open,
+        &App::from(open),
         Request::builder()
             .uri("/nope")
             .header(header::ORIGIN, origin)

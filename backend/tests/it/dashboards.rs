@@ -61,7 +61,7 @@ fn selector_scanner_finds_backend_metrics_only() {
 #[tokio::test]
 async fn dashboard_and_alerts_name_metrics_the_backend_exports() {
     let db = TestDb::migrated().await;
-    let app = app(&db);
+    let app = app(&db).await;
     get(&app, "/users").await;
     let exported: BTreeSet<String> = get(&app, "/metrics")
         .await

@@ -11,14 +11,14 @@ use serde_json::Value;
 use xshell::{Shell, cmd};
 
 use crate::pg::{TestDb, wait_until};
-use crate::support::{Backend, get, http_get};
+use crate::support::{App, Backend, get, http_get};
 
 #[tokio::test]
 async fn health_answers_503_draining_once_the_drain_started() {
     let db = TestDb::migrated().await;
     let state = timemanager_backend::AppState::new(db.pool.clone());
     let drain = state.drain.clone();
-    let app = timemanager_backend::app(state);
+    let app = App::from(timemanager_backend::app(state));
     assert_eq!(get(&app, "/health").await.status, StatusCode::OK);
 
     drain.start();
@@ -38,7 +38,8 @@ async fn health_answers_503_draining_once_the_drain_started() {
             "revision": timemanager_backend::REVISION,
         })
     );
-    assert_eq!(get(&app, "/users").await.status, StatusCode::OK);
+    // Answered, not refused: this one asks for a session.
+    assert_eq!(get(&app, "/users").await.status, StatusCode::UNAUTHORIZED);
 }
 
 /// Reads one response from `stream` (which stays open): status and body.
@@ -149,7 +150,7 @@ async fn drains_then_closes_idle_keep_alive_connections_and_exits_0() {
     let mut used = TcpStream::connect(("127.0.0.1", port)).unwrap();
     used.set_read_timeout(Some(DRAIN + Duration::from_secs(5)))
         .unwrap();
-    assert_eq!(get_on(&mut used, "/users").0, 200);
+    assert_eq!(get_on(&mut used, "/users").0, 401); // answered (sign-in required), not refused
     let mut fresh = TcpStream::connect(("127.0.0.1", port)).unwrap();
     fresh
         .set_read_timeout(Some(DRAIN + Duration::from_secs(5)))
@@ -163,9 +164,9 @@ async fn drains_then_closes_idle_keep_alive_connections_and_exits_0() {
     assert_eq!(body["version"], env!("CARGO_PKG_VERSION"), "{body}");
 
     // Everything else is still served, on new connections and on kept-alive ones.
-    assert_eq!(get_on_new_connection(port, "/users").0, 200);
+    assert_eq!(get_on_new_connection(port, "/users").0, 401); // answered (sign-in required), not refused
     assert_eq!(get_on_new_connection(port, "/health").0, 503);
-    assert_eq!(get_on(&mut used, "/users").0, 200);
+    assert_eq!(get_on(&mut used, "/users").0, 401); // answered (sign-in required), not refused
     assert!(
         signalled.elapsed() < DRAIN,
         "the checks above took longer than the drain ({:?}); they prove nothing",

@@ -35,6 +35,11 @@ const FIXTURES: &[(&str, &str)] = &[
     fixture!("clock-status-in.json"),
     fixture!("clock-status-out.json"),
     fixture!("error.json"),
+    fixture!("me.json"),
+    fixture!("team-list.json"),
+    fixture!("team-totals.json"),
+    fixture!("team.json"),
+    fixture!("user-created.json"),
     fixture!("user-list.json"),
     fixture!("user.json"),
 ];
@@ -182,17 +187,37 @@ fn shape_keeps_keys_and_types_but_not_values() {
 #[tokio::test]
 async fn responses_have_the_shapes_of_the_fixtures() {
     let db = TestDb::migrated().await;
-    let app = app(&db);
+    let app = app(&db).await;
     let mut checks = Checks::default();
 
+    checks.expect(
+        "me.json",
+        "GET /auth/me",
+        &get(&app, "/auth/me").await,
+        StatusCode::OK,
+    );
+    let team = post(&app, "/teams", Some(json!({ "name": "Night shift" }))).await;
+    checks.expect("team.json", "POST /teams", &team, StatusCode::CREATED);
+    let team_id = team.json()["id"].as_i64().unwrap();
+    checks.expect(
+        "team-list.json",
+        "GET /teams",
+        &get(&app, "/teams").await,
+        StatusCode::OK,
+    );
     let created = post(
         &app,
         "/users",
-        Some(json!({ "username": "ada", "email": "ada@example.com" })),
+        Some(json!({ "username": "ada", "email": "ada@example.com", "team_id": team_id })),
     )
     .await;
-    checks.expect("user.json", "POST /users", &created, StatusCode::CREATED);
-    let id = created.json()["id"].as_i64().unwrap();
+    checks.expect(
+        "user-created.json",
+        "POST /users",
+        &created,
+        StatusCode::CREATED,
+    );
+    let id = created.json()["user"]["id"].as_i64().unwrap();
     let user = format!("/users/{id}");
     checks.expect(
         "user.json",
@@ -248,6 +273,12 @@ async fn responses_have_the_shapes_of_the_fixtures() {
         "clock-history.json",
         "GET clock/history",
         &history,
+        StatusCode::OK,
+    );
+    checks.expect(
+        "team-totals.json",
+        "GET /teams/{id}/totals",
+        &get(&app, &format!("/teams/{team_id}/totals")).await,
         StatusCode::OK,
     );
 

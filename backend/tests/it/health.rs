@@ -4,12 +4,12 @@ use axum::http::StatusCode;
 use sqlx::postgres::PgConnectOptions;
 
 use crate::pg::{TestDb, free_port};
-use crate::support::{app, get};
+use crate::support::{App, app, get};
 
 #[tokio::test]
 async fn healthy_database_gives_200_with_version_and_revision() {
     let db = TestDb::migrated().await;
-    let reply = get(&app(&db), "/health").await;
+    let reply = get(&app(&db).await, "/health").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
     assert!(reply.content_type.starts_with("application/json"));
     assert_eq!(
@@ -31,7 +31,9 @@ async fn unreachable_database_gives_503_within_the_timeout() {
         .port(free_port())
         .username("nobody");
     let pool = timemanager_backend::pool(options);
-    let app = timemanager_backend::app(timemanager_backend::AppState::new(pool));
+    let app = App::from(timemanager_backend::app(
+        timemanager_backend::AppState::new(pool),
+    ));
 
     let started = std::time::Instant::now();
     let reply = get(&app, "/health").await;

@@ -4,6 +4,7 @@
 // are test code too, where a panic is exactly the failure report we want.
 #![allow(clippy::unwrap_used, reason = "test code")]
 
+mod auth;
 mod binary;
 mod clock;
 mod cors;

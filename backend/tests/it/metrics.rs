@@ -9,7 +9,7 @@ use crate::support::{app, call, get, post};
 #[tokio::test]
 async fn metrics_expose_request_pool_and_build_series() {
     let db = TestDb::migrated().await;
-    let app = app(&db);
+    let app = app(&db).await;
 
     post(
         &app,
@@ -18,7 +18,7 @@ async fn metrics_expose_request_pool_and_build_series() {
     )
     .await;
     get(&app, "/users/1").await;
-    get(&app, "/users/2").await;
+    get(&app, "/users/999").await;
     get(&app, "/users/abc").await;
     get(&app, "/wp-login.php").await;
     get(&app, "/another/random/path").await;

@@ -61,8 +61,11 @@ async fn older_release_starts_on_a_schema_with_newer_expand_migrations() {
             .is_some_and(|(status, _)| status == 200)
     })
     .await;
+    let [(_, cookie), (_, csrf)] = crate::support::http_session(&db, "root").await;
     let created = client
         .post(format!("{}/users", backend.base_url()))
+        .header("cookie", cookie)
+        .header("x-csrf-token", csrf)
         .json(&serde_json::json!({"username": "after_rollback", "email": "a@example.com"}))
         .send()
         .await

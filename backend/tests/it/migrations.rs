@@ -33,7 +33,17 @@ async fn migrations_apply_to_an_empty_database_and_rerun_as_no_op() {
     .await
     .unwrap();
     tables.sort();
-    assert_eq!(tables, ["_sqlx_migrations", "clock_entries", "users"]);
+    assert_eq!(
+        tables,
+        [
+            "_sqlx_migrations",
+            "accounts",
+            "clock_entries",
+            "sessions",
+            "teams",
+            "users"
+        ]
+    );
 
     // The one-open-entry rule lives in the schema, not only in the handlers.
     let index: String = sqlx::query_scalar(

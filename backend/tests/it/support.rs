@@ -16,9 +16,98 @@ use crate::pg::TestDb;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_timemanager-backend");
 
-/// The router over a migrated test database.
-pub fn app(db: &TestDb) -> Router {
-    timemanager_backend::app(timemanager_backend::AppState::new(db.pool.clone()))
+/// The router over a migrated test database, signed in as a fresh admin.
+pub async fn app(db: &TestDb) -> App {
+    let router = timemanager_backend::app(timemanager_backend::AppState::new(db.pool.clone()));
+    let id = add_user(db, "root", "admin", None).await;
+    App::signed_in(router, db, id).await
+}
+
+/// A router and, if signed in, the session's cookie and CSRF token, sent with each request.
+#[derive(Clone)]
+pub struct App {
+    pub router: Router,
+    pub user_id: i64,
+    pub token: Option<String>,
+    pub csrf: Option<String>,
+}
+
+impl App {
+    pub fn anonymous(router: Router) -> Self {
+        Self {
+            router,
+            user_id: 0,
+            token: None,
+            csrf: None,
+        }
+    }
+
+    /// A session for `user_id` made straight in the database (no password needed).
+    pub async fn signed_in(router: Router, db: &TestDb, user_id: i64) -> Self {
+        let (token, csrf) = timemanager_backend::auth::session::create(&db.pool, user_id)
+            .await
+            .unwrap();
+        Self {
+            router,
+            user_id,
+            token: Some(token),
+            csrf: Some(csrf),
+        }
+    }
+
+    /// The same session without its CSRF token.
+    pub fn without_csrf(&self) -> Self {
+        Self {
+            csrf: None,
+            ..self.clone()
+        }
+    }
+
+    pub fn cookie(&self) -> Option<String> {
+        self.token.as_ref().map(|t| format!("tm_session={t}"))
+    }
+}
+
+impl From<Router> for App {
+    fn from(router: Router) -> Self {
+        Self::anonymous(router)
+    }
+}
+
+/// Inserts a user with an account (`role`, `team`) and no password; returns its id.
+pub async fn add_user(db: &TestDb, username: &str, role: &str, team: Option<i64>) -> i64 {
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO users (username, email) VALUES ($1, $1 || '@example.com') RETURNING id",
+    )
+    .bind(username)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO accounts (user_id, role, team_id) VALUES ($1, $2, $3)")
+        .bind(id)
+        .bind(role)
+        .bind(team)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    id
+}
+
+/// Inserts a team; returns its id.
+pub async fn add_team(db: &TestDb, name: &str) -> i64 {
+    sqlx::query_scalar("INSERT INTO teams (name) VALUES ($1) RETURNING id")
+        .bind(name)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// Sets a password (hashed as the server does) on a user's account.
+pub async fn set_password(db: &TestDb, user_id: i64, password: &str) {
+    let hash = timemanager_backend::auth::password::hash(password).unwrap();
+    timemanager_backend::auth::set_password(&db.pool, user_id, &hash, false)
+        .await
+        .unwrap();
 }
 
 /// A response reduced to what tests look at.
@@ -26,6 +115,8 @@ pub fn app(db: &TestDb) -> Router {
 pub struct Reply {
     pub status: StatusCode,
     pub content_type: String,
+    pub set_cookie: Option<String>,
+    pub retry_after: Option<String>,
     pub text: String,
 }
 
@@ -52,7 +143,7 @@ impl Reply {
 }
 
 /// Sends one request through the router (no network).
-pub async fn call(app: &Router, method: Method, uri: &str, body: Option<Value>) -> Reply {
+pub async fn call(app: &App, method: Method, uri: &str, body: Option<Value>) -> Reply {
     let builder = Request::builder().method(method).uri(uri);
     let request = match body {
         Some(json) => builder
@@ -64,8 +155,19 @@ pub async fn call(app: &Router, method: Method, uri: &str, body: Option<Value>) 
     send(app, request).await
 }
 
-pub async fn send(app: &Router, request: Request<Body>) -> Reply {
-    let response = app.clone().oneshot(request).await.unwrap();
+/// Sends `request` with the app's cookie and CSRF token (if any).
+pub async fn send(app: &App, mut request: Request<Body>) -> Reply {
+    if let Some(cookie) = app.cookie() {
+        request
+            .headers_mut()
+            .insert(header::COOKIE, cookie.parse().unwrap());
+    }
+    if let Some(csrf) = &app.csrf {
+        request
+            .headers_mut()
+            .insert("x-csrf-token", csrf.parse().unwrap());
+    }
+    let response = app.router.clone().oneshot(request).await.unwrap();
     let status = response.status();
     let content_type = response
         .headers()
@@ -73,26 +175,38 @@ pub async fn send(app: &Router, request: Request<Body>) -> Reply {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
+    let headers = response.headers();
+    let header_text = |name| {
+        headers
+            .get(name)
+            .map(|v: &axum::http::HeaderValue| v.to_str().unwrap().to_owned())
+    };
+    let (set_cookie, retry_after) = (
+        header_text(header::SET_COOKIE),
+        header_text(header::RETRY_AFTER),
+    );
     let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
         .await
         .unwrap();
     Reply {
         status,
         content_type,
+        set_cookie,
+        retry_after,
         text: String::from_utf8(bytes.to_vec()).unwrap(),
     }
 }
 
-pub async fn get(app: &Router, uri: &str) -> Reply {
+pub async fn get(app: &App, uri: &str) -> Reply {
     call(app, Method::GET, uri, None).await
 }
 
-pub async fn post(app: &Router, uri: &str, body: Option<Value>) -> Reply {
+pub async fn post(app: &App, uri: &str, body: Option<Value>) -> Reply {
     call(app, Method::POST, uri, body).await
 }
 
-/// Creates a user and returns its id.
-pub async fn create_user(app: &Router, username: &str) -> i64 {
+/// Creates a user through the API (as the app's admin) and returns its id.
+pub async fn create_user(app: &App, username: &str) -> i64 {
     let reply = post(
         app,
         "/users",
@@ -102,7 +216,19 @@ pub async fn create_user(app: &Router, username: &str) -> i64 {
     )
     .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
-    reply.json()["id"].as_i64().unwrap()
+    reply.json()["user"]["id"].as_i64().unwrap()
+}
+
+/// A session for the binary's tests: a new admin and its `Cookie` and CSRF headers.
+pub async fn http_session(db: &TestDb, username: &str) -> [(&'static str, String); 2] {
+    let id = add_user(db, username, "admin", None).await;
+    let (token, csrf) = timemanager_backend::auth::session::create(&db.pool, id)
+        .await
+        .unwrap();
+    [
+        ("cookie", format!("tm_session={token}")),
+        ("x-csrf-token", csrf),
+    ]
 }
 
 /// A scratch directory removed on drop.

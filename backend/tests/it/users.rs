@@ -5,12 +5,12 @@ use axum::http::{Method, Request, StatusCode, header};
 use serde_json::json;
 
 use crate::pg::TestDb;
-use crate::support::{app, call, create_user, get, post, send};
+use crate::support::{App, app, call, create_user, get, post, send};
 
 #[tokio::test]
 async fn create_get_and_list_users() {
     let db = TestDb::migrated().await;
-    let app = app(&db);
+    let app = app(&db).await;
 
     let reply = post(
         &app,
@@ -19,14 +19,19 @@ async fn create_get_and_list_users() {
     )
     .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
-    let alice = reply.json();
+    let created = reply.json();
+    let initial = created["initial_password"].as_str().unwrap();
+    assert!(initial.len() >= 12, "{created}");
+    let alice = created["user"].clone();
+    assert_eq!(alice["role"], "employee");
+    assert_eq!(alice["team_id"], serde_json::Value::Null);
     assert_eq!(alice["username"], "alice", "input is trimmed");
     assert_eq!(alice["email"], "alice@example.com");
     let id = alice["id"].as_i64().unwrap();
     let created_at = alice["created_at"].as_str().unwrap();
     time::OffsetDateTime::parse(created_at, &time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|e| panic!("created_at {created_at:?} is not RFC 3339: {e}"));
-    assert_eq!(alice.as_object().unwrap().len(), 4, "{alice}");
+    assert_eq!(alice.as_object().unwrap().len(), 6, "{alice}");
 
     let fetched = get(&app, &format!("/users/{id}")).await;
     assert_eq!(fetched.status, StatusCode::OK);
@@ -42,9 +47,9 @@ async fn create_get_and_list_users() {
         .iter()
         .map(|u| u["id"].as_i64().unwrap())
         .collect();
-    assert_eq!(ids, [id, bob]);
+    assert_eq!(ids, [app.user_id, id, bob]);
 
-    let page = get(&app, "/users?limit=1&offset=1").await.json();
+    let page = get(&app, "/users?limit=1&offset=2").await.json();
     assert_eq!(page.as_array().unwrap().len(), 1);
     assert_eq!(page[0]["id"], bob);
 
@@ -71,7 +76,7 @@ async fn create_get_and_list_users() {
 #[tokio::test]
 async fn duplicate_username_or_email_is_409_regardless_of_case() {
     let db = TestDb::migrated().await;
-    let app = app(&db);
+    let app = app(&db).await;
     create_user(&app, "carol").await;
 
     let same_name = post(
@@ -92,14 +97,15 @@ async fn duplicate_username_or_email_is_409_regardless_of_case() {
 
     assert_eq!(
         get(&app, "/users").await.json().as_array().unwrap().len(),
-        1
+        2,
+        "the admin and carol"
     );
 }
 
 #[tokio::test]
 async fn invalid_user_input_is_a_json_4xx_naming_the_field() {
     let db = TestDb::migrated().await;
-    let app = app(&db);
+    let app = app(&db).await;
 
     let cases = [
         (
@@ -167,16 +173,16 @@ async fn invalid_user_input_is_a_json_4xx_naming_the_field() {
         .error(StatusCode::BAD_REQUEST);
 
     assert_eq!(
-        get(&app, "/users").await.json(),
-        json!([]),
-        "nothing was created"
+        get(&app, "/users").await.json().as_array().unwrap().len(),
+        1,
+        "nothing was created but the admin"
     );
 }
 
 #[tokio::test]
 async fn unknown_or_malformed_ids_and_routes_are_json_errors() {
     let db = TestDb::migrated().await;
-    let app = app(&db);
+    let app = app(&db).await;
 
     assert_eq!(
         get(&app, "/users/999").await.error(StatusCode::NOT_FOUND),
@@ -205,9 +211,14 @@ async fn unknown_or_malformed_ids_and_routes_are_json_errors() {
 
 #[tokio::test]
 async fn database_errors_are_500_without_details() {
-    // No migrations: every query fails with "relation does not exist".
+    // No migrations: every query fails with "relation does not exist", the session
+    // lookup first.
     let db = TestDb::empty().await;
-    let app = app(&db);
+    let mut app = App::from(timemanager_backend::app(
+        timemanager_backend::AppState::new(db.pool.clone()),
+    ));
+    app.token = Some("0".repeat(64));
+    app.csrf = Some("x".to_owned());
     for reply in [
         get(&app, "/users").await,
         get(&app, "/users/1").await,

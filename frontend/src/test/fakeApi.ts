@@ -5,6 +5,15 @@ import type { ApiClient, Entry, User } from '../api';
 export function fakeApi() {
   const notMocked = (name: string) => () => Promise.reject(new Error(`${name} not mocked`));
   return {
+    login: vi.fn<ApiClient['login']>(notMocked('login')),
+    me: vi.fn<ApiClient['me']>(notMocked('me')),
+    logout: vi.fn<ApiClient['logout']>(notMocked('logout')),
+    changePassword: vi.fn<ApiClient['changePassword']>(notMocked('changePassword')),
+    updateAccount: vi.fn<ApiClient['updateAccount']>(notMocked('updateAccount')),
+    resetPassword: vi.fn<ApiClient['resetPassword']>(notMocked('resetPassword')),
+    listTeams: vi.fn<ApiClient['listTeams']>(notMocked('listTeams')),
+    createTeam: vi.fn<ApiClient['createTeam']>(notMocked('createTeam')),
+    getTeamTotals: vi.fn<ApiClient['getTeamTotals']>(notMocked('getTeamTotals')),
     listUsers: vi.fn<ApiClient['listUsers']>(notMocked('listUsers')),
     createUser: vi.fn<ApiClient['createUser']>(notMocked('createUser')),
     getUser: vi.fn<ApiClient['getUser']>(notMocked('getUser')),
@@ -19,6 +28,8 @@ export const ada: User = {
   id: 7,
   username: 'ada',
   email: 'ada@example.com',
+  role: 'employee',
+  team_id: 3,
   created_at: '2024-01-01T09:00:00Z',
 };
 

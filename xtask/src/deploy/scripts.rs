@@ -48,6 +48,7 @@ const SNAPSHOT: &str = include_str!("scripts/snapshot.sh");
 const MIGRATE: &str = include_str!("scripts/migrate.sh");
 const LIST_SNAPSHOTS: &str = include_str!("scripts/list_snapshots.sh");
 const RESTORE: &str = include_str!("scripts/restore.sh");
+const CREATE_ADMIN: &str = include_str!("scripts/create_admin.sh");
 
 /// Every script file, for the shellcheck test.
 #[cfg(test)]
@@ -79,6 +80,7 @@ pub(crate) const FILES: &[(&str, &str)] = &[
     ("migrate.sh", MIGRATE),
     ("list_snapshots.sh", LIST_SNAPSHOTS),
     ("restore.sh", RESTORE),
+    ("create_admin.sh", CREATE_ADMIN),
 ];
 
 /// Releases kept by cleanup (besides the current one and any a container still mounts).
@@ -460,6 +462,24 @@ impl ServerScripts {
     }
 
     /// `docker logs` of the service's container.
+    /// `timemanager-backend create-admin` in the running backend container, the password
+    /// in a quoted here-document piped to its stdin.
+    pub(crate) fn create_admin(
+        &self,
+        email: &str,
+        username: Option<&str>,
+        password: &Secret,
+    ) -> Script {
+        let mut values = Script::new();
+        values
+            .value("email", email)
+            .value("username", username.unwrap_or_default())
+            .heredoc("admin_password", &self.delimiter(), |s| {
+                s.secret("admin_password", password).line("");
+            });
+        self.wrap(&values, CREATE_ADMIN, false)
+    }
+
     pub(crate) fn logs(&self, service: &str, tail: u32, follow: bool) -> Script {
         let mut values = Script::new();
         values

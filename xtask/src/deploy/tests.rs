@@ -185,3 +185,13 @@ fn compose_file_runs_our_images_from_the_configured_registry() {
         );
     }
 }
+
+#[test]
+fn admin_password_is_the_first_line_of_stdin_and_never_from_a_terminal() {
+    let secret = read_admin_password(&b"long enough passphrase\r\nrest\n"[..], false).unwrap();
+    assert_eq!(secret.expose(), "long enough passphrase");
+    let err = read_admin_password(&b""[..], false).unwrap_err();
+    assert!(format!("{err:#}").contains("no password"), "{err:#}");
+    let err = read_admin_password(&b"x\n"[..], true).unwrap_err();
+    assert!(format!("{err:#}").contains("pipe the password"), "{err:#}");
+}

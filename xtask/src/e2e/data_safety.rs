@@ -84,6 +84,14 @@ impl Writer {
         let flag = stop.clone();
         let handle = thread::spawn(move || {
             let mut written = Written::default();
+            // Creating users is the admin's: one session for the whole run.
+            let session = match stack::sign_in() {
+                Ok(session) => session,
+                Err(_) => {
+                    written.failed += 1;
+                    return written;
+                }
+            };
             let start = Instant::now();
             for n in 0..3000 {
                 if flag.load(Ordering::Relaxed) || start.elapsed() > Duration::from_secs(600) {
@@ -91,7 +99,7 @@ impl Writer {
                 }
                 let name = format!("{prefix}-{n}");
                 let body = format!(r#"{{"username":"{name}","email":"{name}@example.com"}}"#);
-                match stack::post_json("/users", &body) {
+                match stack::post_json(&session, "/users", &body) {
                     Ok(201) => written.acked.push(name),
                     _ => written.failed += 1,
                 }

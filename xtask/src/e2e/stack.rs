@@ -107,16 +107,85 @@ fn served_certificate(sh: &Shell) -> anyhow::Result<String> {
     Ok(subject.trim().to_owned())
 }
 
-/// Creates a user and a clock entry through Traefik the way the web app does: a CORS
-/// preflight, then the calls with `Origin`, each answered with that origin allowed.
+/// The lab's admin, made by the backend's own `create-admin` in the running container (what
+/// `cargo xtask create-admin` runs over ssh), its password on stdin only.
+const LAB_ADMIN: &str = "e2e-admin@example.com";
+
+/// A password drawn once per e2e run, never in an argument.
+fn lab_admin_password() -> anyhow::Result<&'static str> {
+    static PASSWORD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(password) = PASSWORD.get() {
+        return Ok(password);
+    }
+    let mut bytes = [0u8; 16];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    let password: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(PASSWORD.get_or_init(|| password))
+}
+
+/// Signs the lab's admin in through Traefik, (re)creating it first.
+pub(crate) fn sign_in() -> anyhow::Result<Session> {
+    let sh = Shell::new()?;
+    let password = lab_admin_password()?;
+    let backend = container_ids(&sh, Some("backend"))?
+        .into_iter()
+        .next()
+        .context("no backend container runs to create the lab's admin in")?;
+    cmd!(
+        sh,
+        "docker exec -i {backend} /app/timemanager-backend create-admin --email {LAB_ADMIN}"
+    )
+    .stdin(format!("{password}\n"))
+    .quiet()
+    .ignore_stdout()
+    .run()
+    .context("creating the lab's admin with `timemanager-backend create-admin`")?;
+    let body = serde_json::json!({ "email": LAB_ADMIN, "password": password }).to_string();
+    let login = edge(
+        "POST",
+        &format!("{API}/auth/login"),
+        &[("Origin", ORIGIN), ("Content-Type", "application/json")],
+        Some(&body),
+    )?;
+    ensure!(
+        login.status == 200,
+        "signing in through Traefik: {} {}",
+        login.status,
+        excerpt(&login.text())
+    );
+    let cookie = login
+        .header("set-cookie")
+        .and_then(|value| value.split(';').next())
+        .context("the sign-in set no cookie")?
+        .to_owned();
+    let csrf = serde_json::from_str::<Value>(&login.text())?["csrf_token"]
+        .as_str()
+        .context("the sign-in answer has no csrf_token")?
+        .to_owned();
+    Ok(Session { cookie, csrf })
+}
+
+/// A signed-in session of the lab's admin: the `Cookie` header's value and the CSRF token.
+pub(crate) struct Session {
+    pub(crate) cookie: String,
+    pub(crate) csrf: String,
+}
+
+/// Creates a user and a clock entry through Traefik the way the web app does: signed in, a
+/// CORS preflight, then the calls with `Origin` and the session's CSRF token, each answered
+/// with that origin allowed.
 pub(crate) fn create_data() -> anyhow::Result<i64> {
+    let Session { cookie, csrf } = sign_in()?;
     let preflight = edge(
         "OPTIONS",
         &format!("{API}/users"),
         &[
             ("Origin", ORIGIN),
             ("Access-Control-Request-Method", "POST"),
-            ("Access-Control-Request-Headers", "content-type"),
+            (
+                "Access-Control-Request-Headers",
+                "content-type,x-csrf-token",
+            ),
         ],
         None,
     )?;
@@ -126,10 +195,19 @@ pub(crate) fn create_data() -> anyhow::Result<i64> {
         preflight.status,
         preflight.header(ALLOW_ORIGIN)
     );
+    let signed_in = [
+        ("Origin", ORIGIN),
+        ("Cookie", cookie.as_str()),
+        ("X-CSRF-Token", csrf.as_str()),
+    ];
     let user = edge(
         "POST",
         &format!("{API}/users"),
-        &[("Origin", ORIGIN), ("Content-Type", "application/json")],
+        &[
+            signed_in.as_slice(),
+            &[("Content-Type", "application/json")],
+        ]
+        .concat(),
         Some(r#"{"username":"e2e-user","email":"e2e@example.com"}"#),
     )?;
     ensure!(
@@ -138,13 +216,13 @@ pub(crate) fn create_data() -> anyhow::Result<i64> {
         user.status,
         user.text()
     );
-    let id = serde_json::from_str::<Value>(&user.text())?["id"]
+    let id = serde_json::from_str::<Value>(&user.text())?["user"]["id"]
         .as_i64()
         .context("no user id")?;
     let entry = edge(
         "POST",
         &format!("{API}/users/{id}/clock/in"),
-        &[("Origin", ORIGIN)],
+        &signed_in,
         None,
     )?;
     ensure!(
@@ -153,30 +231,49 @@ pub(crate) fn create_data() -> anyhow::Result<i64> {
         entry.status,
         entry.text()
     );
+    let anonymous = edge("GET", &format!("{API}/users/{id}"), &[], None)?;
+    ensure!(
+        anonymous.status == 401,
+        "without a session the API answered {} {}",
+        anonymous.status,
+        excerpt(&anonymous.text())
+    );
     Ok(id)
 }
 
-/// POSTs JSON to the API through Traefik as the web app does; the status.
-pub(crate) fn post_json(path: &str, body: &str) -> anyhow::Result<u16> {
+/// POSTs JSON to the API through Traefik as the web app does, signed in; the status.
+pub(crate) fn post_json(session: &Session, path: &str, body: &str) -> anyhow::Result<u16> {
     let res = edge(
         "POST",
         &format!("{API}{path}"),
-        &[("Origin", ORIGIN), ("Content-Type", "application/json")],
+        &[
+            ("Origin", ORIGIN),
+            ("Content-Type", "application/json"),
+            ("Cookie", session.cookie.as_str()),
+            ("X-CSRF-Token", session.csrf.as_str()),
+        ],
         Some(body),
     )?;
     Ok(res.status)
 }
 
-/// The user and its open clock entry are still there, read through Traefik.
+/// The user and its open clock entry are still there, read through Traefik signed in.
 pub(crate) fn check_data(id: i64) -> anyhow::Result<()> {
-    let user = edge("GET", &format!("{API}/users/{id}"), &[], None)?;
+    let Session { cookie, .. } = sign_in()?;
+    let session = [("Cookie", cookie.as_str())];
+    let user = edge("GET", &format!("{API}/users/{id}"), &session, None)?;
     ensure!(
         user.status == 200 && user.text().contains("e2e-user"),
         "user {id} is gone: {} {}",
         user.status,
         excerpt(&user.text())
     );
-    let status = edge("GET", &format!("{API}/users/{id}/clock/status"), &[], None)?;
+    let status = edge(
+        "GET",
+        &format!("{API}/users/{id}/clock/status"),
+        &session,
+        None,
+    )?;
     ensure!(
         status.status == 200 && status.text().contains("\"clocked_in\":true"),
         "the clock entry is gone: {} {}",

@@ -207,7 +207,10 @@ impl Scenario<'_> {
         step: &str,
         deploy: impl FnOnce() -> anyhow::Result<XtaskRun>,
     ) -> anyhow::Result<(XtaskRun, LoadReport)> {
-        let load = Load::default();
+        let load = Load {
+            cookie: Some(stack::sign_in()?.cookie),
+            ..Load::default()
+        };
         let (out, report) = self.steps.run(step, || load::during(&load, deploy))?;
         ensure!(
             !report.cut_short,

@@ -32,6 +32,8 @@ pub(crate) struct Load {
     pub(crate) base: String,
     /// Paths under `base`, sent in turn by each worker.
     pub(crate) paths: Vec<&'static str>,
+    /// The `Cookie` header of a signed-in session: the API answers 401 without one.
+    pub(crate) cookie: Option<String>,
 }
 
 impl Default for Load {
@@ -44,6 +46,7 @@ impl Default for Load {
             base: format!("https://{}", lab::DOMAIN),
             // The SPA, an API read that needs the database, and the backend's health.
             paths: vec!["/", "/api/users", "/api/health"],
+            cookie: None,
         }
     }
 }
@@ -168,7 +171,7 @@ fn work(
         let path = load.paths[turn % load.paths.len()];
         turn += 1;
         let begun = Instant::now();
-        let verdict = send(&agent, &load.base, path);
+        let verdict = send(&agent, &load.base, path, load.cookie.as_deref());
         outcomes.push(Outcome {
             latency: begun.elapsed(),
             verdict,
@@ -192,9 +195,13 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-fn send(agent: &ureq::Agent, base: &str, path: &str) -> Verdict {
+fn send(agent: &ureq::Agent, base: &str, path: &str, cookie: Option<&str>) -> Verdict {
     let url = format!("{base}{path}");
-    let mut res = match agent.get(&url).call() {
+    let mut request = agent.get(&url);
+    if let Some(cookie) = cookie {
+        request = request.header("Cookie", cookie);
+    }
+    let mut res = match request.call() {
         Ok(res) => res,
         Err(err) => return Verdict::Failed(format!("GET {path}: {err}")),
     };
@@ -323,6 +330,7 @@ mod tests {
             max_time: Duration::from_secs(60),
             base: "http://127.0.0.1:1".to_owned(),
             paths: vec!["/"],
+            cookie: None,
         };
         let err = during(&load, || -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(50));

@@ -69,6 +69,14 @@ fn all_scripts() -> Vec<(&'static str, Script)> {
         ("probe with compose v1 forced", v1.probe()),
         ("lock", r.lock("octocat (deploy of abc1234, it's me)")),
         (
+            "create-admin",
+            r.create_admin(
+                "root@example.com",
+                Some("root"),
+                &Secret::new("pg secret #1 $HOME `x`"),
+            ),
+        ),
+        (
             "upload",
             r.upload(
                 "abc1234",
