@@ -329,8 +329,12 @@ impl HeldRequests {
         let drain = Duration::from_secs_f64(drain);
         let (release_short, short_rx) = mpsc::channel();
         let (release_long, long_rx) = mpsc::channel();
-        let short = std::thread::spawn(move || held_post("zd-long-1", short_rx));
-        let long = std::thread::spawn(move || held_post("zd-long-2", long_rx));
+        // Creating a user is the admin's; the session and its CSRF token go with each POST.
+        let session = stack::sign_in()?;
+        let (cookie, csrf) = (session.cookie.clone(), session.csrf.clone());
+        let short = std::thread::spawn(move || held_post("zd-long-1", &cookie, &csrf, short_rx));
+        let (cookie, csrf) = (session.cookie, session.csrf);
+        let long = std::thread::spawn(move || held_post("zd-long-2", &cookie, &csrf, long_rx));
         // Both requests reach the old backend before the deploy starts a new one.
         std::thread::sleep(Duration::from_secs(1));
         let watcher = std::thread::spawn(move || -> anyhow::Result<Watched> {
@@ -445,7 +449,12 @@ impl HeldRequests {
 
 /// `POST /api/users` through Traefik whose body stops after 10 bytes until `release`; the
 /// status, or the transport error.
-fn held_post(username: &str, release: mpsc::Receiver<()>) -> anyhow::Result<u16> {
+fn held_post(
+    username: &str,
+    cookie: &str,
+    csrf: &str,
+    release: mpsc::Receiver<()>,
+) -> anyhow::Result<u16> {
     let body = format!(r#"{{"username":"{username}","email":"{username}@example.com"}}"#);
     let (first, rest) = body.as_bytes().split_at(10);
     let reader = HeldBody {
@@ -465,6 +474,9 @@ fn held_post(username: &str, release: mpsc::Receiver<()>) -> anyhow::Result<u16>
     let res = agent
         .post(&url)
         .header("Content-Type", "application/json")
+        .header("Origin", format!("https://{}", lab::DOMAIN))
+        .header("Cookie", cookie)
+        .header("X-CSRF-Token", csrf)
         .send(ureq::SendBody::from_owned_reader(reader))
         .map_err(|err| anyhow::format_err!("POST {url}: {err}"))?;
     Ok(res.status().as_u16())
