@@ -110,14 +110,19 @@ switch_services() {
   done
   if [ -n "$failed" ]; then
     say "switch: the new release's container is not healthy: $failed"
+    local ids=()
     for entry in "${new[@]}"; do
       say "--- ${entry%%:*} (new container ${entry#*:}): last $log_lines log lines"
       docker logs --tail "$log_lines" "${entry#*:}" 2>&1 | sed 's/^/    /' >&2 || true
       docker inspect --format '{{if .State.Health}}{{range .State.Health.Log}}{{.Output}}{{end}}{{end}}' "${entry#*:}" 2>/dev/null \
         | sed '/^$/d' | tail -n 3 | sed 's/^/    health probe: /' >&2 || true
-      docker rm --force "${entry#*:}" >/dev/null
+      ids+=("${entry#*:}")
     done
-    say "switch: removed the new container(s); the running release was never touched"
+    # A new container of another service may already be healthy and in Traefik's rotation:
+    # stopped like an old one (SIGTERM, drain), never killed under its requests.
+    docker stop --time "$stop_grace" "${ids[@]}" >/dev/null
+    docker rm --force "${ids[@]}" >/dev/null
+    say "switch: drained and removed the new container(s); the running release was never touched"
     return 1
   fi
   # Traefik's docker provider applies a change up to 2 s (its throttle) after the health
