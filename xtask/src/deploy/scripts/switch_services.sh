@@ -45,14 +45,6 @@ changed_services() {
   done
 }
 
-# unchanged_or_missing: the switched services `changed_services` does not list.
-unchanged_or_missing() {
-  local svc
-  for svc in "${switched[@]}"; do
-    in_list "$svc" "$@" || printf '%s\n' "$svc"
-  done
-}
-
 # new_health ID: `ok`, `wait WHY` or `fail WHY` for a container the switch started.
 new_health() {
   local state health restarts
