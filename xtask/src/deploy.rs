@@ -291,11 +291,7 @@ fn deploy(sh: &Shell, flags: &flags::Deploy, env: Lookup<'_>) -> anyhow::Result<
     if flags.dry_run {
         println!(
             "Deploy of {tag} to {} ({}), dry run: nothing changes (only the database's migrations are read, when the server can be reached).\n",
-            if target.host.is_empty() {
-                "<HETZNER_HOST>".to_owned()
-            } else {
-                target.display()
-            },
+            target.display_or_placeholder(),
             target.base
         );
         print!("{}", plan.describe());

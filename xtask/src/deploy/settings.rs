@@ -113,6 +113,15 @@ impl Target {
     pub(crate) fn display(&self) -> String {
         format!("{}@{}:{}", self.user, self.host, self.port)
     }
+
+    /// [`Target::display`], or `<HETZNER_HOST>` while no host is set (a dry run's header).
+    pub(crate) fn display_or_placeholder(&self) -> String {
+        if self.host.is_empty() {
+            "<HETZNER_HOST>".to_owned()
+        } else {
+            self.display()
+        }
+    }
 }
 
 /// Reads the ssh target; problems are added to `problems`.

@@ -514,11 +514,7 @@ pub(crate) fn deploy(
     if flags.dry_run {
         println!(
             "Swarm deploy of {tag} through {} ({}), dry run: nothing is sent.\n",
-            if target.host.is_empty() {
-                "<HETZNER_HOST>".to_owned()
-            } else {
-                target.display()
-            },
+            target.display_or_placeholder(),
             target.base
         );
         print!("{}", plan.describe());
