@@ -17,6 +17,14 @@ pub(crate) fn target_dir() -> PathBuf {
     }
 }
 
+/// The target directory of the scratch clones the checks build in (the reproducibility
+/// check's second clone, the e2e's releases): outside every clone, so reruns are
+/// incremental, and shared, so a clone reuses the dependencies another one compiled (their
+/// flags do not depend on the clone's path: see `image::compile`). Never the checkout's own.
+pub(crate) fn clones_target_dir() -> PathBuf {
+    target_dir().join("clones")
+}
+
 /// The cargo that runs this xtask, so a pinned toolchain is used throughout.
 pub(crate) fn cargo(sh: &xshell::Shell) -> String {
     sh.var("CARGO").unwrap_or_else(|_| "cargo".to_owned())

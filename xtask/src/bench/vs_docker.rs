@@ -231,7 +231,6 @@ impl Bench<'_> {
         let _dir = self.sh.push_dir(self.clone);
         run_quiet(compile::release_build(
             self.sh,
-            self.clone,
             &packages,
             Link::Static,
             self.target,

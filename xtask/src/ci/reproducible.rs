@@ -25,9 +25,8 @@ pub(crate) fn check(sh: &Shell, first: &BuildReport, scratch: &Path) -> anyhow::
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000),
     )?;
 
-    // Outside the clone, so a rerun reuses compiled dependencies; nothing in it is shared
-    // with the first build, whose flags name another path.
-    let clone_target = scratch.join("second-clone-target");
+    // Not the first build's target directory: nothing the first build compiled is reused.
+    let clone_target = project::clones_target_dir();
     let _dir = sh.push_dir(&clone);
     let cargo = cargo(sh);
     let json = cmd!(sh, "{cargo} run --quiet --package xtask -- build --json")

@@ -126,24 +126,14 @@ fn cargo_build(
     target_dir: &Path,
     revision: &Revision,
 ) -> anyhow::Result<()> {
-    release_build(
-        sh,
-        &project::root(),
-        packages,
-        link,
-        target_dir,
-        &revision.commit,
-    )
-    .run()?;
+    release_build(sh, packages, link, target_dir, &revision.commit).run()?;
     Ok(())
 }
 
-/// The `cargo build --release` of the checkout at `root` exactly as `build` runs it (flags,
-/// environment), for `bench vs-docker`'s peers, which copy the binaries it makes; run it
-/// with `sh` in `root`.
+/// The `cargo build --release` of the checkout `sh` is in, exactly as `build` runs it (flags,
+/// environment); also for `bench vs-docker`'s peers, which copy the binaries it makes.
 pub(crate) fn release_build<'a>(
     sh: &'a Shell,
-    root: &Path,
     packages: &[&str],
     link: Link,
     target_dir: &Path,
@@ -153,12 +143,13 @@ pub(crate) fn release_build<'a>(
     let cargo_home = sh
         .var("CARGO_HOME")
         .unwrap_or_else(|_| format!("{}/.cargo", sh.var("HOME").unwrap_or_default()));
-    // Remapping makes the binary independent of where the checkout and the registry live;
-    // the encoded form keeps paths with spaces intact.
-    let mut rustflags = vec![
-        format!("--remap-path-prefix={}=/build", root.display()),
-        format!("--remap-path-prefix={cargo_home}=/cargo"),
-    ];
+    // Remapping makes the binary independent of where the registry lives (dependencies'
+    // panic locations); the encoded form keeps paths with spaces intact. The checkout needs
+    // none: cargo runs rustc in the workspace root and names its sources relatively
+    // (`backend/src/lib.rs`), so these flags are the same in every clone, and clones at other
+    // paths share compiled dependencies in one target directory (`project::clones_target_dir`).
+    // `cargo xtask ci --only reproducible` proves it from a clone at another path.
+    let mut rustflags = vec![format!("--remap-path-prefix={cargo_home}=/cargo")];
     if link == Link::Static {
         rustflags.insert(0, "-Ctarget-feature=+crt-static".to_owned());
     }
