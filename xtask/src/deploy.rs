@@ -22,6 +22,7 @@
 //! one-off container of its image, after a snapshot and before the switch; a rollback goes
 //! ahead only if the target runs on the schema (see [`migrations`]).
 
+mod activation;
 pub(crate) mod compose;
 mod health;
 mod migrations;
@@ -244,6 +245,7 @@ fn deploy(sh: &Shell, flags: &flags::Deploy, env: Lookup<'_>) -> anyhow::Result<
     let target = settings::target(&flags.server, env, &mut problems, &mut redactor);
     let tag = deploy_tag(sh, flags)?;
     let release = settings::release(
+        compose::ENV_VARS,
         &tag,
         &flags.profiles,
         flags.health.health_url.as_deref(),

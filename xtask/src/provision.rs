@@ -23,6 +23,12 @@ pub(crate) const NPM: Need = Need {
     program: "npm",
     package: "npm",
 };
+/// The deploy's health gate runs on the server with it (`gate.sh`); the labs' server is this
+/// machine.
+pub(crate) const CURL: Need = Need {
+    program: "curl",
+    package: "curl",
+};
 /// The deploy scripts' tests run it: they fail, not skip, without it.
 pub(crate) const SHELLCHECK: Need = Need {
     program: "shellcheck",

@@ -24,7 +24,7 @@ pub(crate) const STOP_GRACE_SECONDS: u32 = 30;
 pub(crate) const SWITCH_SETTLE_SECONDS: u32 = 3;
 
 /// One variable docker-compose.prod.yml interpolates, i.e. one line of the `.env` the deploy writes.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct EnvVar {
     pub(crate) name: &'static str,
     /// `Some` for `${NAME:-default}` (optional), `None` for `${NAME}` (required).

@@ -111,8 +111,13 @@ pub(crate) struct Plan {
     pub(crate) fall_back: Vec<Step>,
     /// After a healthy activation only; a failure here is a warning, never a failed deploy.
     pub(crate) after_success: Vec<Step>,
-    /// Always, once the lock is held: the record of this run.
+    /// Always, once the lock is held: the record of this run (written by the unit when
+    /// activation runs on the server).
     pub(crate) finish: Vec<Step>,
+    /// Activate, fall back, after success and the record run on the server as one detached
+    /// unit that holds the lock (`activation`); else step by step from here (swarm mode,
+    /// where the swarm's own rolling update is the server-side part).
+    pub(crate) on_server: bool,
 }
 
 impl Plan {
@@ -125,9 +130,20 @@ impl Plan {
         );
         out.push_str(&indent(&self.prelude));
         let mut n = 0;
+        let (activate, finish) = if self.on_server {
+            (
+                "activate, on the server: the deploying machine writes the next steps as files to deploys/<run id>/ and starts them as one unit detached from ssh (systemd-run, else setsid), hands it the lock, and streams its journal deploys/<run id>.log; the unit holds the lock until it ends, and finishes even if the connection dies",
+                "finish, by the unit (by the deploying machine when a prepare step failed); then the lock is released",
+            )
+        } else {
+            (
+                "activate",
+                "finish (then the lock's session ends, which releases it)",
+            )
+        };
         for (title, steps) in [
             ("prepare (nothing running changes)", &self.prepare),
-            ("activate", &self.activate),
+            (activate, &self.activate),
             (
                 "only if activation fails: back to the previous release",
                 &self.fall_back,
@@ -136,10 +152,7 @@ impl Plan {
                 "after a healthy activation (best effort, never fails the deploy)",
                 &self.after_success,
             ),
-            (
-                "finish (then the lock's session ends, which releases it)",
-                &self.finish,
-            ),
+            (finish, &self.finish),
         ] {
             if steps.is_empty() {
                 continue;
@@ -253,32 +266,8 @@ pub(crate) fn deploy_plan(
     options: &DeployOptions<'_>,
 ) -> Plan {
     let tag = &release.tag;
-    let lines: Vec<ImageLine> = OWN_SERVICES
-        .iter()
-        .map(|service| ImageLine {
-            service: (*service).to_owned(),
-            reference: release.image_ref(service),
-            repository: release.repository_of(service),
-        })
-        .collect();
-    let images = Images {
-        registry: release.registry.clone(),
-        repository: release.repository.clone(),
-        tag: tag.clone(),
-        credentials: release.credentials.clone(),
-        insecure_registries: options.insecure_registries.to_vec(),
-    };
-    let images = if options.push {
-        step(
-            "build and push images",
-            Action::Local(Local::BuildAndPush(images)),
-        )
-    } else {
-        step(
-            "preflight: images in the registry",
-            Action::Local(Local::CheckRegistry(images)),
-        )
-    };
+    let lines = image_lines(release);
+    let images = images_step(release, options);
     Plan {
         kind: "deploy",
         tag: tag.clone(),
@@ -331,6 +320,42 @@ pub(crate) fn deploy_plan(
         fall_back: fall_back(scripts, tag, gate),
         after_success: vec![step("cleanup", Action::Remote(scripts.cleanup()))],
         finish: vec![record("deploy", tag)],
+        on_server: true,
+    }
+}
+
+/// The release's own images, as the pull steps check them.
+pub(crate) fn image_lines(release: &ReleaseSettings) -> Vec<ImageLine> {
+    OWN_SERVICES
+        .iter()
+        .map(|service| ImageLine {
+            service: (*service).to_owned(),
+            reference: release.image_ref(service),
+            repository: release.repository_of(service),
+        })
+        .collect()
+}
+
+/// The first step of a deploy: build and push the images, or with `--no-push` check that the
+/// registry has them.
+pub(crate) fn images_step(release: &ReleaseSettings, options: &DeployOptions<'_>) -> Step {
+    let images = Images {
+        registry: release.registry.clone(),
+        repository: release.repository.clone(),
+        tag: release.tag.clone(),
+        credentials: release.credentials.clone(),
+        insecure_registries: options.insecure_registries.to_vec(),
+    };
+    if options.push {
+        step(
+            "build and push images",
+            Action::Local(Local::BuildAndPush(images)),
+        )
+    } else {
+        step(
+            "preflight: images in the registry",
+            Action::Local(Local::CheckRegistry(images)),
+        )
     }
 }
 
@@ -370,6 +395,7 @@ pub(crate) fn rollback_plan(
         fall_back: fall_back(scripts, tag, gate),
         after_success: Vec::new(),
         finish: vec![record("rollback", tag)],
+        on_server: true,
     }
 }
 
@@ -380,16 +406,12 @@ fn activation(scripts: &ServerScripts, tag: &str, profiles: &[String], gate: &Ga
             "start",
             Action::Remote(scripts.start(profiles, gate.timeout)),
         ),
-        step(
-            "health gate",
-            Action::HealthGate {
-                gate: gate.clone(),
-                revision: Revision::Of(tag.to_owned()),
-            },
-        ),
+        step("health gate", Action::Remote(scripts.gate(gate))),
     ]
 }
 
+/// The gate reads the release to check from `current`, so the same script checks the
+/// previous release after `switch back`.
 fn fall_back(scripts: &ServerScripts, tag: &str, gate: &Gate) -> Vec<Step> {
     vec![
         step(
@@ -404,10 +426,7 @@ fn fall_back(scripts: &ServerScripts, tag: &str, gate: &Gate) -> Vec<Step> {
         ),
         step(
             "health gate (previous release)",
-            Action::HealthGate {
-                gate: gate.clone(),
-                revision: Revision::Previous,
-            },
+            Action::Remote(scripts.gate(gate)),
         ),
     ]
 }

@@ -13,9 +13,9 @@ use xshell::Shell;
 
 use crate::{
     deploy::{
-        health,
+        activation, health,
         migrations::{self, MigrationState},
-        plan::{Action, Images, Local, MigrationCheck, Plan, Revision, Step},
+        plan::{Action, Images, Local, MigrationCheck, Plan, Revision, Step, step},
         scripts::{Fact, Script, ServerScripts, parse_facts},
         secrets::Redactor,
         settings::{self, Lookup, OWN_SERVICES, Target},
@@ -102,39 +102,12 @@ impl<'a> Run<'a> {
             }
         }
         if failure.is_none() {
-            let activated = plan.activate.iter().try_for_each(|step| self.step(step));
-            if let Err(err) = activated {
-                eprintln!(
-                    "\n{tag} is not healthy ({}): going back to the release that ran before",
-                    self.redactor.redact(&format!("{err:#}"))
-                );
-                let back = plan.fall_back.iter().try_for_each(|step| self.step(step));
-                let previous = self.previous.clone().unwrap_or_default();
-                failure = Some(match back {
-                    Ok(()) => {
-                        self.result = "rolled-back";
-                        err.context(format!(
-                            "{kind} of {tag} failed; the server is back on {previous}, which is healthy"
-                        ))
-                    }
-                    Err(back_err) => {
-                        self.result = "failed";
-                        err.context(format!(
-                            "{kind} of {tag} failed, and going back failed too: {back_err:#}; see `cargo xtask status`"
-                        ))
-                    }
-                });
-            }
-        }
-        if failure.is_none() {
-            for step in &plan.after_success {
-                if let Err(err) = self.step(step) {
-                    eprintln!(
-                        "warning: {} failed, but {tag} is deployed and healthy: {err:#}",
-                        step.name
-                    );
-                }
-            }
+            let activated = if plan.on_server {
+                self.activate_on_server(plan)
+            } else {
+                self.activate_here(plan)
+            };
+            failure = activated.err();
         }
         if self.lock.is_some() {
             self.error = failure
@@ -155,6 +128,91 @@ impl<'a> Run<'a> {
                 Ok(())
             }
             Some(err) => Err(err),
+        }
+    }
+
+    /// Activation step by step from here; on failure, back to the previous release.
+    fn activate_here(&mut self, plan: &Plan) -> anyhow::Result<()> {
+        let (kind, tag) = (plan.kind, &plan.tag);
+        let Err(err) = plan.activate.iter().try_for_each(|step| self.step(step)) else {
+            for step in &plan.after_success {
+                if let Err(err) = self.step(step) {
+                    eprintln!(
+                        "warning: {} failed, but {tag} is deployed and healthy: {err:#}",
+                        step.name
+                    );
+                }
+            }
+            return Ok(());
+        };
+        eprintln!(
+            "\n{tag} is not healthy ({}): going back to the release that ran before",
+            self.redactor.redact(&format!("{err:#}"))
+        );
+        let back = plan.fall_back.iter().try_for_each(|step| self.step(step));
+        let previous = self.previous.clone().unwrap_or_default();
+        self.result = if back.is_ok() {
+            "rolled-back"
+        } else {
+            "failed"
+        };
+        Err(failed_activation(
+            kind,
+            tag,
+            err,
+            &previous,
+            back.map_err(|back_err| format!(": {back_err:#}")),
+        ))
+    }
+
+    /// Activation as one unit on the server (see [`activation`]): started, handed the lock,
+    /// followed through its journal until it ends.
+    fn activate_on_server(&mut self, plan: &Plan) -> anyhow::Result<()> {
+        let (kind, tag) = (plan.kind, &plan.tag);
+        let head = activation::record_head(self.record_fields(kind, tag, &self.steps))?;
+        let files = activation::unit_files(&self.scripts, plan, &head)?;
+        let launch = step(
+            "start the activation unit",
+            Action::Remote(self.scripts.launch(&files)),
+        );
+        if let Err(err) = self.step(&launch) {
+            self.result = "failed";
+            return Err(err.context(format!(
+                "{kind} of {tag} stopped before switching: the server still runs what it ran"
+            )));
+        }
+        // The hand-over: the unit waits for this lock session to end.
+        drop(self.lock.take());
+        let journal = activation::journal_path(&self.target.base, &self.scripts.run_id);
+        let follow = step(
+            "activation on the server",
+            Action::Remote(self.scripts.follow()),
+        );
+        let state = self.step_output(&follow).with_context(|| {
+            format!(
+                "lost contact with the activation of {tag} on {} (run {}): it goes on there and holds the deploy lock until it ends; `cargo xtask status` shows how it ended, its journal is {journal}",
+                self.target.display(),
+                self.scripts.run_id
+            )
+        })?;
+        let outcome = activation::Outcome::parse(&state)?;
+        let previous = outcome.previous.clone().unwrap_or_default();
+        let cause = || anyhow::format_err!("{}", outcome.cause());
+        match outcome.result.as_str() {
+            "ok" => Ok(()),
+            // The unit's reason already says where going back failed.
+            "rolled-back" => Err(failed_activation(kind, tag, cause(), &previous, Ok(()))),
+            "failed" => Err(failed_activation(
+                kind,
+                tag,
+                cause(),
+                &previous,
+                Err(String::new()),
+            )),
+            other => bail!(
+                "the activation unit of run {} ended without a result (state `{other}`): `cargo xtask status` shows the server's state, its journal is {journal}",
+                self.scripts.run_id
+            ),
         }
     }
 
@@ -349,8 +407,13 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Appends this run's JSON line to `releases.jsonl` and marks the release's result.
-    fn record(&mut self, step: &Step, before: &Steps, kind: &str, tag: &str) -> anyhow::Result<()> {
+    /// The run's record: everything known so far, with the steps run so far.
+    fn record_fields(
+        &self,
+        kind: &str,
+        tag: &str,
+        before: &Steps,
+    ) -> serde_json::Map<String, serde_json::Value> {
         let steps: serde_json::Map<String, serde_json::Value> = before
             .durations()
             .map(|(name, elapsed)| {
@@ -360,7 +423,7 @@ impl<'a> Run<'a> {
                 )
             })
             .collect();
-        let line = json!({
+        let record = json!({
             "time": project::rfc3339(now_epoch()),
             "tag": tag,
             "kind": kind,
@@ -372,8 +435,16 @@ impl<'a> Run<'a> {
             "error": self.error,
             "snapshot": self.snapshot,
             "migrated": self.migrated,
-        })
-        .to_string();
+        });
+        match record {
+            serde_json::Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        }
+    }
+
+    /// Appends this run's JSON line to `releases.jsonl` and marks the release's result.
+    fn record(&mut self, step: &Step, before: &Steps, kind: &str, tag: &str) -> anyhow::Result<()> {
+        let line = serde_json::Value::Object(self.record_fields(kind, tag, before)).to_string();
         let status = if self.result == "ok" { "ok" } else { "failed" };
         let script = self.scripts.record(tag, &line, status);
         self.session()?
@@ -396,6 +467,25 @@ impl Run<'_> {
         self.session()?
             .run(self.sh, "record", &script, Stdout::Capture)
             .map(drop)
+    }
+}
+
+/// The error of a failed activation: `back` is how going back to `previous` ended (its
+/// error's text, if any, is appended as it comes).
+fn failed_activation(
+    kind: &str,
+    tag: &str,
+    cause: anyhow::Error,
+    previous: &str,
+    back: Result<(), String>,
+) -> anyhow::Error {
+    match back {
+        Ok(()) => cause.context(format!(
+            "{kind} of {tag} failed; the server is back on {previous}, which is healthy"
+        )),
+        Err(why) => cause.context(format!(
+            "{kind} of {tag} failed, and going back failed too{why}; see `cargo xtask status`"
+        )),
     }
 }
 

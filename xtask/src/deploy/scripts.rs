@@ -49,6 +49,10 @@ const MIGRATE: &str = include_str!("scripts/migrate.sh");
 const LIST_SNAPSHOTS: &str = include_str!("scripts/list_snapshots.sh");
 const RESTORE: &str = include_str!("scripts/restore.sh");
 const CREATE_ADMIN: &str = include_str!("scripts/create_admin.sh");
+pub(crate) const GATE: &str = include_str!("scripts/gate.sh");
+pub(crate) const LAUNCH: &str = include_str!("scripts/launch.sh");
+pub(crate) const ACTIVATE: &str = include_str!("scripts/activate.sh");
+pub(crate) const FOLLOW: &str = include_str!("scripts/follow.sh");
 
 /// Every script file, for the shellcheck test.
 #[cfg(test)]
@@ -81,7 +85,15 @@ pub(crate) const FILES: &[(&str, &str)] = &[
     ("list_snapshots.sh", LIST_SNAPSHOTS),
     ("restore.sh", RESTORE),
     ("create_admin.sh", CREATE_ADMIN),
+    ("gate.sh", GATE),
+    ("launch.sh", LAUNCH),
+    ("activate.sh", ACTIVATE),
+    ("follow.sh", FOLLOW),
 ];
+
+/// How long a deploy waits for another run's activation unit to end before giving up, and
+/// how long a unit waits for its deploying machine to hand over the lock.
+pub(crate) const LOCK_WAIT_SECONDS: u64 = 600;
 
 /// Releases kept by cleanup (besides the current one and any a container still mounts).
 pub(crate) const KEEP_RELEASES: usize = 5;
@@ -291,10 +303,13 @@ impl ServerScripts {
         self.wrap(&Script::new(), PROBE, false)
     }
 
-    /// Takes the lock and holds it while this ssh session's stdin stays open.
+    /// Takes the lock and holds it while this ssh session's stdin stays open; waits (and
+    /// says so) while another run's activation unit is alive.
     pub(crate) fn lock(&self, holder: &str) -> Script {
         let mut values = Script::new();
-        values.value("lock_holder", holder);
+        values
+            .value("lock_holder", holder)
+            .value("lock_wait", &LOCK_WAIT_SECONDS.to_string());
         self.wrap_with_stdin(&values, LOCK, false, true)
     }
 
@@ -380,6 +395,19 @@ impl ServerScripts {
         credentials: Option<&Credentials>,
         images: &[ImageLine],
     ) -> Script {
+        self.pull_with(PULL, tag, registry, credentials, images)
+    }
+
+    /// `body` (compose mode's or swarm mode's pull) with the images' columns and the
+    /// registry login's values.
+    pub(crate) fn pull_with(
+        &self,
+        body: &str,
+        tag: &str,
+        registry: &str,
+        credentials: Option<&Credentials>,
+        images: &[ImageLine],
+    ) -> Script {
         let mut values = Script::new();
         values.value("tag", tag);
         let column = |f: fn(&ImageLine) -> &str| images.iter().map(f).collect::<Vec<_>>();
@@ -388,7 +416,7 @@ impl ServerScripts {
             .array("references", &column(|i| &i.reference))
             .array("repositories", &column(|i| &i.repository));
         self.registry_values(&mut values, registry, credentials);
-        self.wrap(&values, PULL, true)
+        self.wrap(&values, body, true)
     }
 
     /// Points `current` at the release, atomically, and the operators' links into it.

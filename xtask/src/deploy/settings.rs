@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::{
     deploy::{
-        compose::ENV_VARS,
+        compose::EnvVar,
         secrets::{Redactor, Secret},
     },
     flags,
@@ -236,9 +236,11 @@ impl ReleaseSettings {
     }
 }
 
-/// Reads the release's settings: every variable of `compose::ENV_VARS`, the registry
-/// credentials and the health URL.
+/// Reads the release's settings: every variable of `vars` (`compose::ENV_VARS` for the
+/// compose file; swarm mode passes the ones its stack reads), the registry credentials and
+/// the health URL.
 pub(crate) fn release(
+    vars: &[EnvVar],
     tag: &str,
     profiles: &[String],
     health_url: Option<&str>,
@@ -257,7 +259,7 @@ pub(crate) fn release(
         ));
     }
     let mut lines = Vec::new();
-    for var in ENV_VARS {
+    for var in vars {
         let found = match var.name {
             "IMAGE_TAG" => Some(tag.to_owned()),
             "GITHUB_REPOSITORY" => env(var.name)
@@ -413,6 +415,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+    use crate::deploy::compose::ENV_VARS;
 
     fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = vars
@@ -437,7 +440,15 @@ mod tests {
         let env = lookup(&[("DOMAIN", "tm.example.com"), ("POSTGRES_PASSWORD", "")]);
         let mut problems = Problems::default();
         let mut redactor = Redactor::default();
-        release("abc1234", &[], None, &env, &mut problems, &mut redactor);
+        release(
+            ENV_VARS,
+            "abc1234",
+            &[],
+            None,
+            &env,
+            &mut problems,
+            &mut redactor,
+        );
         let message = format!("{:#}", problems.into_result().unwrap_err());
         for name in [
             "ACME_EMAIL",
@@ -457,6 +468,7 @@ mod tests {
         let mut problems = Problems::default();
         let mut redactor = Redactor::default();
         let settings = release(
+            ENV_VARS,
             "abc1234",
             &["monitoring".to_owned()],
             None,
@@ -489,6 +501,7 @@ mod tests {
         let env = lookup(&vars);
         let mut problems = Problems::default();
         release(
+            ENV_VARS,
             "abc1234-dirty",
             &[],
             None,

@@ -291,9 +291,16 @@ impl Session {
             .context("sending the lock script")?;
         let mut stdout = BufReader::new(child.stdout.take().context("ssh stdout")?);
         let mut line = String::new();
-        stdout
-            .read_line(&mut line)
-            .context("reading the lock answer")?;
+        loop {
+            line.clear();
+            stdout
+                .read_line(&mut line)
+                .context("reading the lock answer")?;
+            match line.trim_end().strip_prefix("waiting\t") {
+                Some(unit) => eprintln!("    waiting for {unit} to end"),
+                None => break,
+            }
+        }
         let place = format!("{}:{}", self.target.display(), self.target.base);
         if line.trim_end() == "locked" {
             return Ok(LockSession {
@@ -306,7 +313,7 @@ impl Session {
         let _ = child.wait();
         match line.trim_end().strip_prefix("held\t") {
             Some(holder) => bail!(
-                "another deploy holds the lock on {place}: {holder}\n  wait for it to end (its lock goes with its ssh session), then run again"
+                "another deploy holds the lock on {place}: {holder}\n  wait for it to end (its lock goes with its ssh session, or its activation unit), then run again"
             ),
             None => bail!("taking the deploy lock on {place} failed: {}", line.trim()),
         }

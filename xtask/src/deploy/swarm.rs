@@ -28,8 +28,9 @@ use xshell::Shell;
 
 use crate::{
     deploy::{
+        compose::{ENV_VARS, EnvVar},
         health,
-        plan::{Action, DeployOptions, Gate, Images, Local, Plan, Revision, Step, step},
+        plan::{self, Action, DeployOptions, Gate, Local, Plan, Revision, Step, step},
         releases::{parse_releases, rollback_target},
         run::{Run, holder, run_id},
         scripts::{ImageLine, Script, ServerScripts},
@@ -127,6 +128,30 @@ impl StackSecret {
     }
 }
 
+/// The variables of `compose::ENV_VARS` the stack file reads (`${NAME}`), and
+/// `POSTGRES_PASSWORD`, which its secrets are made of: a swarm deploy asks for no others
+/// (the stack runs no Grafana and no mail relay secret).
+const STACK_VARS: &[&str] = &[
+    "DOMAIN",
+    "ACME_EMAIL",
+    "REGISTRY",
+    "GITHUB_REPOSITORY",
+    "IMAGE_TAG",
+    "POSTGRES_USER",
+    "POSTGRES_DB",
+    "POSTGRES_PASSWORD",
+    "RUST_LOG",
+    "SMTP_HOST",
+];
+
+fn stack_vars() -> Vec<EnvVar> {
+    ENV_VARS
+        .iter()
+        .filter(|var| STACK_VARS.contains(&var.name))
+        .cloned()
+        .collect()
+}
+
 /// The release's secrets as the stack file mounts them: PostgreSQL's password, and the
 /// backend's DATABASE_URL made from it as docker-compose.prod.yml makes it.
 pub(crate) fn stack_secrets(release: &ReleaseSettings) -> Vec<StackSecret> {
@@ -198,15 +223,7 @@ impl ServerScripts {
         credentials: Option<&Credentials>,
         images: &[ImageLine],
     ) -> Script {
-        let mut values = Script::new();
-        values.value("tag", tag);
-        let column = |f: fn(&ImageLine) -> &str| images.iter().map(f).collect::<Vec<_>>();
-        values
-            .array("services", &column(|i| &i.service))
-            .array("references", &column(|i| &i.reference))
-            .array("repositories", &column(|i| &i.repository));
-        self.registry_values(&mut values, registry, credentials);
-        self.wrap(&values, SWARM_PULL, true)
+        self.pull_with(SWARM_PULL, tag, registry, credentials, images)
     }
 
     /// Writes `releases/<tag>/docker-stack.yml`, creates the secrets Swarm lacks (content
@@ -289,32 +306,8 @@ pub(crate) fn deploy_plan(
     replicas: u32,
 ) -> Plan {
     let tag = &release.tag;
-    let lines: Vec<ImageLine> = OWN_SERVICES
-        .iter()
-        .map(|service| ImageLine {
-            service: (*service).to_owned(),
-            reference: release.image_ref(service),
-            repository: release.repository_of(service),
-        })
-        .collect();
-    let images = Images {
-        registry: release.registry.clone(),
-        repository: release.repository.clone(),
-        tag: tag.clone(),
-        credentials: release.credentials.clone(),
-        insecure_registries: options.insecure_registries.to_vec(),
-    };
-    let images = if options.push {
-        step(
-            "build and push images",
-            Action::Local(Local::BuildAndPush(images)),
-        )
-    } else {
-        step(
-            "preflight: images in the registry",
-            Action::Local(Local::CheckRegistry(images)),
-        )
-    };
+    let lines = plan::image_lines(release);
+    let images = plan::images_step(release, options);
     let deploy = scripts.swarm_deploy(
         &release.registry,
         release.credentials.as_ref(),
@@ -371,6 +364,7 @@ pub(crate) fn deploy_plan(
                 tag: tag.clone(),
             },
         )],
+        on_server: false,
     }
 }
 
@@ -397,6 +391,7 @@ pub(crate) fn rollback_plan(
                 tag: tag.to_owned(),
             },
         )],
+        on_server: false,
     }
 }
 
@@ -441,7 +436,9 @@ pub(crate) fn deploy(
     let mut problems = Problems::default();
     let mut redactor = Redactor::default();
     let target = settings::target(&flags.server, env, &mut problems, &mut redactor);
+    let vars = stack_vars();
     let release = settings::release(
+        &vars,
         &tag,
         &[],
         flags.health.health_url.as_deref(),

@@ -47,12 +47,13 @@ const ENV: &[(&str, &str)] = &[
     ("GHCR_TOKEN", "ghcr-token-value"),
 ];
 
-fn sample_plan(push: bool) -> Plan {
+pub(crate) fn sample_plan(push: bool) -> Plan {
     let env: HashMap<&str, &str> = ENV.iter().copied().collect();
     let lookup = |name: &str| env.get(name).map(|v| (*v).to_owned());
     let mut problems = Problems::default();
     let mut redactor = Redactor::default();
     let release = settings::release(
+        compose::ENV_VARS,
         "abc1234",
         &["monitoring".to_owned()],
         None,

@@ -6,6 +6,12 @@
 //! manager only, the join token is in no process's argv while the setup runs (every token
 //! starts with `SWMTKN-`), a second setup changes nothing, `status --mode swarm` lists the
 //! nodes, and the lab leaves no namespace, link, mount or file behind.
+//!
+//! Then the deploy scenarios on that swarm (`swarm/deploys.rs`): releases A, B and a
+//! failing C deployed with `deploy --mode swarm` under load through Traefik, a worker lost and
+//! back, `rollback --mode swarm`, and no secret in any argv or service spec.
+
+mod deploys;
 
 use std::{
     sync::{Arc, atomic::AtomicBool},
@@ -172,5 +178,9 @@ fn scenario(sh: &Shell, lab: &SwarmLab, steps: &mut Steps) -> anyhow::Result<Str
         "status --mode swarm does not list the 3 nodes:\n{status}"
     );
     report.push_str("4. status --mode swarm lists the 3 nodes\n");
+    for line in deploys::run(sh, lab, steps, &base)? {
+        report.push_str(&line);
+        report.push('\n');
+    }
     Ok(report)
 }

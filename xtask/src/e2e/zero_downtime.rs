@@ -7,7 +7,8 @@
 //! gap by design (README, "Deploying"). Per compose: a code-change deploy (B to D), a
 //! rollback (D to B), a no-change deploy (B again: no container recreated) and a release that
 //! fails its health gate (C: the new container is removed, B's containers were never
-//! touched). Under v2 the code-change deploy also holds two requests open across the switch:
+//! touched); between the rollback and the no-change deploy, two deploys whose client goes
+//! away mid-activation (`e2e/interrupted.rs`). Under v2 the code-change deploy also holds two requests open across the switch:
 //! one ends after the old backend's drain, one outlives the drain and the in-flight grace,
 //! and the report says how each ended.
 
@@ -121,7 +122,10 @@ impl Scenario<'_> {
             load.summary()
         ));
 
-        // 3. No change: nothing is recreated.
+        // 5. The deploying machine killed, then cut off, mid-activation (ends on B).
+        lines.extend(self.interrupted(number, server, b, d)?);
+
+        // 3. No change: nothing is recreated; also the deploy after the interrupted ones.
         let before = Ids::read(sh)?;
         let (out, load) =
             self.under_load(&format!("{number}. {compose}: deploy B again"), || {
@@ -202,7 +206,7 @@ impl Scenario<'_> {
     }
 
     /// Runs `deploy` as a timed step under load; no request may fail.
-    fn under_load(
+    pub(super) fn under_load(
         &mut self,
         step: &str,
         deploy: impl FnOnce() -> anyhow::Result<XtaskRun>,

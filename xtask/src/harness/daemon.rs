@@ -56,6 +56,10 @@ impl Daemon {
         })
     }
 
+    pub(crate) fn pid(&self) -> &str {
+        &self.pid
+    }
+
     /// The last lines of the daemon's output, for error messages.
     pub(crate) fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

@@ -165,7 +165,8 @@ pub(crate) struct XtaskRun {
     /// stdout then stderr.
     pub(crate) output: String,
     pub(crate) elapsed: Duration,
-    /// TCP connections sshd accepted while it ran.
+    /// TCP connections the compose lab's sshd accepted while it ran (the swarm lab does not
+    /// count them: 0).
     pub(crate) connections: usize,
 }
 
@@ -194,7 +195,7 @@ impl Lab {
         claim_project(sh)?;
         ports_free()?;
         fs::write(owner_file(), std::process::id().to_string())?;
-        provision::ensure(sh, &[COMPOSE_V1, registry::OPENSSL])?;
+        provision::ensure(sh, &[COMPOSE_V1, registry::OPENSSL, provision::CURL])?;
         lab_images::ensure_compose_v2(sh).context("installing compose v2 for the lab")?;
         let images_start = Instant::now();
         let images = lab_images::ensure_lab_images(sh, LabImageSet::WithMonitoring)
@@ -226,8 +227,8 @@ impl Lab {
                 ("REGISTRY_PASSWORD", registry_password),
             ],
             clone: target_root.join("clone"),
-            target: target_root.join("target"),
-            epoch: cmd!(sh, "git log -1 --format=%ct").quiet().read()?,
+            target: project::clones_target_dir(),
+            epoch: build_epoch(sh)?,
             running: Arc::new(AtomicBool::new(false)),
             keep: false,
             images,
@@ -300,19 +301,7 @@ impl Lab {
 
     /// Clones the working tree and commits it as release A.
     pub(crate) fn prepare_clone(&self, sh: &Shell) -> anyhow::Result<()> {
-        let _ = fs::remove_dir_all(&self.clone);
-        fs::create_dir_all(self.clone.parent().context("clone without parent")?)?;
-        project::clone_working_tree(sh, &self.clone)?;
-        let _dir = sh.push_dir(&self.clone);
-        cmd!(sh, "git add -A").quiet().run()?;
-        commit(sh, "e2e: release A (the working tree)")?;
-        // The clone's own xtask deploys, as CI runs the checkout's.
-        let cargo = cargo(sh);
-        cmd!(sh, "{cargo} build --quiet --package xtask")
-            .env("CARGO_TARGET_DIR", &self.target)
-            .run()
-            .context("building the clone's xtask")?;
-        Ok(())
+        prepare_clone(sh, &self.clone, &self.target)
     }
 
     fn xtask(&self) -> PathBuf {
@@ -322,19 +311,7 @@ impl Lab {
     /// Builds the clone's HEAD (both images) and keeps its release files: the compose file,
     /// checked equal to this checkout's, and `infrastructure/`.
     pub(crate) fn build(&self, sh: &Shell, label: &'static str) -> anyhow::Result<Release> {
-        let _dir = sh.push_dir(&self.clone);
-        let xtask = self.xtask();
-        cmd!(sh, "{xtask} build")
-            .env("CARGO_TARGET_DIR", &self.target)
-            // One epoch for all releases (the checkout's commit time): ring's build script
-            // tracks SOURCE_DATE_EPOCH, so a new epoch per commit would rebuild ring, rustls
-            // and sqlx each time. The releases still differ in code and revision.
-            .env("SOURCE_DATE_EPOCH", &self.epoch)
-            .run()
-            .with_context(|| format!("building release {label} in `{}`", self.clone.display()))?;
-        let commit = cmd!(sh, "git rev-parse HEAD").quiet().read()?;
-        let tag = commit.get(..7).context("short commit")?.to_owned();
-        let release = Release { label, tag, commit };
+        let release = build(sh, &self.clone, &self.target, &self.epoch, label)?;
         let dir = self.files_dir(&release);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
@@ -362,6 +339,34 @@ impl Lab {
         release: &Release,
         extra: &[&str],
     ) -> anyhow::Result<XtaskRun> {
+        let args = self.deploy_args(server, release, extra);
+        self.run_xtask(sh, server, &args)
+    }
+
+    /// The same deploy started in the background, in a process group of its own (so a test
+    /// can kill it with its ssh children), its output in `log`.
+    pub(crate) fn spawn_deploy(
+        &self,
+        sh: &Shell,
+        server: &Server,
+        release: &Release,
+        extra: &[&str],
+        log: &Path,
+    ) -> anyhow::Result<std::process::Child> {
+        use std::os::unix::process::CommandExt;
+        let args = self.deploy_args(server, release, extra);
+        let _dir = sh.push_dir(&self.clone);
+        let mut command = std::process::Command::from(self.xtask_cmd(sh, server, &args)?);
+        let out = fs::File::create(log)?;
+        command
+            .process_group(0)
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        command.spawn().context("starting the clone's xtask")
+    }
+
+    fn deploy_args(&self, server: &Server, release: &Release, extra: &[&str]) -> Vec<String> {
         let files = self.files_dir(release);
         let path = |p: PathBuf| p.display().to_string();
         let mut args: Vec<String> = vec!["deploy".to_owned()];
@@ -380,6 +385,15 @@ impl Lab {
             args.extend(["--profile".to_owned(), "monitoring".to_owned()]);
         }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
+        args
+    }
+
+    /// `cargo xtask status` of the server.
+    pub(crate) fn status(&self, sh: &Shell, server: &Server) -> anyhow::Result<XtaskRun> {
+        let mut args = vec!["status".to_owned()];
+        // All but `--health-timeout SECONDS`: status waits for nothing.
+        let server_args = self.server_args(server);
+        args.extend(server_args.iter().take(server_args.len() - 2).cloned());
         self.run_xtask(sh, server, &args)
     }
 
@@ -429,10 +443,22 @@ impl Lab {
 
     fn run_xtask(&self, sh: &Shell, server: &Server, args: &[String]) -> anyhow::Result<XtaskRun> {
         let _dir = sh.push_dir(&self.clone);
+        let command = self.xtask_cmd(sh, server, args)?;
+        let before = self.sshd.connections();
+        let mut run = run_clone_xtask(command, &self.running)?;
+        run.connections = self.sshd.connections() - before;
+        Ok(run)
+    }
+
+    /// The clone's xtask with the lab's settings in its environment, as CI would set them.
+    fn xtask_cmd<'a>(
+        &self,
+        sh: &'a Shell,
+        server: &Server,
+        args: &[String],
+    ) -> anyhow::Result<xshell::Cmd<'a>> {
         let xtask = self.xtask();
         let key = fs::read_to_string(&self.sshd.client_key)?;
-        let before = self.sshd.connections();
-        let start = Instant::now();
         let mut command = cmd!(sh, "{xtask} {args...}")
             .quiet()
             .ignore_status()
@@ -448,50 +474,21 @@ impl Lab {
             .env("REGISTRY_USERNAME", "e2e")
             .env("TM_COMPOSE", server.compose.env_value())
             .env("SOURCE_DATE_EPOCH", &self.epoch);
-        for name in [
-            "GITHUB_ACTOR",
-            "GHCR_TOKEN",
-            "GITHUB_TOKEN",
-            "GITHUB_RUN_ID",
-            "HETZNER_KNOWN_HOSTS_FILE",
-        ] {
+        for name in OUTER_ENV {
             command = command.env_remove(name);
         }
         for (name, value) in &self.secrets {
             command = command.env(name, value);
         }
-        self.running.store(true, Ordering::Relaxed);
-        let output = command.output();
-        self.running.store(false, Ordering::Relaxed);
-        let output = output?;
-        let elapsed = start.elapsed();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(XtaskRun {
-            ok: output.status.success(),
-            output: text,
-            elapsed,
-            connections: self.sshd.connections() - before,
-        })
+        Ok(command)
     }
 
     /// The deployed revision, from the backend's health JSON through Traefik.
     pub(crate) fn revision(&self) -> anyhow::Result<String> {
-        let res = edge("GET", HEALTH_URL, &[], None)?;
-        let body = health_json(&res).with_context(|| {
-            format!(
-                "{HEALTH_URL} answered {} without the backend's health JSON: {}",
-                res.status,
-                excerpt(&res.text())
-            )
-        })?;
+        let (status, body) = health_at(HEALTH_URL)?;
         ensure!(
-            res.status == 200 && body["status"] == "ok",
-            "{HEALTH_URL} answered {}: {body}",
-            res.status
+            status == 200 && body["status"] == "ok",
+            "{HEALTH_URL} answered {status}: {body}"
         );
         Ok(body["revision"].as_str().unwrap_or_default().to_owned())
     }
@@ -713,6 +710,52 @@ fn ports_free() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Settings of the machine running the test that must not reach a lab's deploy.
+pub(crate) const OUTER_ENV: &[&str] = &[
+    "GITHUB_ACTOR",
+    "GHCR_TOKEN",
+    "GITHUB_TOKEN",
+    "GITHUB_RUN_ID",
+    "HETZNER_KNOWN_HOSTS_FILE",
+];
+
+/// Runs a clone's xtask to completion with `running` set meanwhile (the argv scanner looks
+/// only then); `connections` is left 0 for the caller that counts them.
+pub(crate) fn run_clone_xtask(
+    command: xshell::Cmd<'_>,
+    running: &AtomicBool,
+) -> anyhow::Result<XtaskRun> {
+    let start = Instant::now();
+    running.store(true, Ordering::Relaxed);
+    let output = command.output();
+    running.store(false, Ordering::Relaxed);
+    let output = output?;
+    Ok(XtaskRun {
+        ok: output.status.success(),
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+        elapsed: start.elapsed(),
+        connections: 0,
+    })
+}
+
+/// The status and the backend's health JSON at `url` through Traefik; an error names what
+/// answered instead of the JSON.
+pub(crate) fn health_at(url: &str) -> anyhow::Result<(u16, Value)> {
+    let res = edge("GET", url, &[], None)?;
+    let body = health_json(&res).with_context(|| {
+        format!(
+            "{url} answered {} without the backend's health JSON: {}",
+            res.status,
+            excerpt(&res.text())
+        )
+    })?;
+    Ok((res.status, body))
+}
+
 /// A request to the stack through Traefik, as a browser on the server would send it: the URL's
 /// host is `localhost` (SNI and `Host`), Traefik's self-signed default certificate is accepted
 /// (the lab has no ACME; production's is Let's Encrypt's), redirects are not followed. Any
@@ -770,6 +813,53 @@ pub(crate) fn excerpt(text: &str) -> String {
         .take(120)
         .collect::<String>()
         .replace('\n', " ")
+}
+
+/// `SOURCE_DATE_EPOCH` of every lab build: the checkout's commit time (see [`build`]).
+pub(crate) fn build_epoch(sh: &Shell) -> anyhow::Result<String> {
+    let _dir = sh.push_dir(project::root());
+    Ok(cmd!(sh, "git log -1 --format=%ct").quiet().read()?)
+}
+
+/// Clones the working tree to `clone`, commits it as release A and builds the clone's own
+/// xtask into `target` (the swarm e2e uses the compose e2e's, so its builds are incremental).
+pub(crate) fn prepare_clone(sh: &Shell, clone: &Path, target: &Path) -> anyhow::Result<()> {
+    let _ = fs::remove_dir_all(clone);
+    fs::create_dir_all(clone.parent().context("clone without parent")?)?;
+    project::clone_working_tree(sh, clone)?;
+    let _dir = sh.push_dir(clone);
+    cmd!(sh, "git add -A").quiet().run()?;
+    commit(sh, "e2e: release A (the working tree)")?;
+    // The clone's own xtask deploys, as CI runs the checkout's.
+    let cargo = cargo(sh);
+    cmd!(sh, "{cargo} build --quiet --package xtask")
+        .env("CARGO_TARGET_DIR", target)
+        .run()
+        .context("building the clone's xtask")?;
+    Ok(())
+}
+
+/// Builds the clone's HEAD (both images) with its own xtask.
+pub(crate) fn build(
+    sh: &Shell,
+    clone: &Path,
+    target: &Path,
+    epoch: &str,
+    label: &'static str,
+) -> anyhow::Result<Release> {
+    let _dir = sh.push_dir(clone);
+    let xtask = target.join("debug/xtask");
+    cmd!(sh, "{xtask} build")
+        .env("CARGO_TARGET_DIR", target)
+        // One epoch for all releases (the checkout's commit time): ring's build script
+        // tracks SOURCE_DATE_EPOCH, so a new epoch per commit would rebuild ring, rustls
+        // and sqlx each time. The releases still differ in code and revision.
+        .env("SOURCE_DATE_EPOCH", epoch)
+        .run()
+        .with_context(|| format!("building release {label} in `{}`", clone.display()))?;
+    let commit = cmd!(sh, "git rev-parse HEAD").quiet().read()?;
+    let tag = commit.get(..7).context("short commit")?.to_owned();
+    Ok(Release { label, tag, commit })
 }
 
 /// Commits everything in the clone the shell is in.

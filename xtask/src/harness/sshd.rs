@@ -124,6 +124,56 @@ impl Sshd {
             .unwrap_or_default()
     }
 
+    /// Cuts every connection sshd serves, as a network failure would: SIGKILL to the sshd
+    /// processes under the listener (one or two per connection), never to the listener or
+    /// the programs the sessions run. Returns how many were killed.
+    pub(crate) fn cut_connections(&self) -> anyhow::Result<usize> {
+        let listener = self
+            .daemon
+            .as_ref()
+            .context("sshd is not running")?
+            .pid()
+            .to_owned();
+        // pid -> (parent, name), from /proc/PID/stat: "PID (NAME) STATE PPID ...".
+        let mut processes = Vec::new();
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let pid = stat[..open].trim().to_owned();
+            let name = stat[open + 1..close].to_owned();
+            let parent = stat[close + 1..]
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_owned();
+            processes.push((pid, parent, name));
+        }
+        let mut tree = vec![listener.clone()];
+        let mut victims: Vec<String> = Vec::new();
+        while let Some(parent) = tree.pop() {
+            for (pid, ppid, name) in &processes {
+                if *ppid == parent && name.starts_with("sshd") {
+                    tree.push(pid.clone());
+                    victims.push(pid.clone());
+                }
+            }
+        }
+        let killed = victims.len();
+        if !victims.is_empty() {
+            let sh = Shell::new()?;
+            cmd!(sh, "kill -KILL {victims...}")
+                .quiet()
+                .ignore_status()
+                .ignore_stderr()
+                .run()?;
+        }
+        Ok(killed)
+    }
+
     /// TCP connections sshd has accepted so far.
     pub(crate) fn connections(&self) -> usize {
         self.log()

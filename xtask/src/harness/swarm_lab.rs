@@ -9,6 +9,7 @@
 //! the lab is dropped, also after a failure; [`SwarmLab::leftovers`] checks that it was.
 
 use std::{
+    cell::RefCell,
     fs,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -30,7 +31,8 @@ pub(crate) struct Node {
     /// This node's engine: `unix://<lab dir>/<netns>.sock`.
     pub(crate) docker_host: String,
     sshd: Option<Daemon>,
-    dockerd: Option<Daemon>,
+    /// In a cell: a scenario stops and restarts it (a node lost) while the lab is shared.
+    dockerd: RefCell<Option<Daemon>>,
 }
 
 /// The nodes, their bridge and the client key and known_hosts that reach their sshds.
@@ -39,16 +41,21 @@ pub(crate) struct SwarmLab {
     /// `tmsw<id>`: the prefix of every namespace and link of this lab.
     pub(crate) bridge: String,
     pub(crate) dir: PathBuf,
+    /// The host's address on the bridge (`.254`): what the nodes reach of this machine, such
+    /// as the lab registry; every engine takes the bridge's /24 as an insecure registry.
+    pub(crate) gateway: String,
     pub(crate) client_key: PathBuf,
     pub(crate) known_hosts: PathBuf,
     /// The namespaces created so far, removed on drop even if a node failed to start.
     netns: Vec<String>,
+    /// `10.249.<k>`: the bridge's /24 without its last byte.
+    net: String,
 }
 
 impl SwarmLab {
     /// `n` nodes: `10.249.<k>.1..n` on a bridge; the host is `.254` on it.
     pub(crate) fn start(sh: &Shell, n: usize) -> anyhow::Result<SwarmLab> {
-        provision::ensure(sh, &[DOCKERD, sshd::SSHD, sshd::SSH])?;
+        provision::ensure(sh, &[DOCKERD, sshd::SSHD, sshd::SSH, provision::CURL])?;
         // Short, per-run names: interface names have at most 15 bytes.
         let id = std::process::id() % 10_000;
         let net = format!("10.249.{}", id % 250 + 1);
@@ -66,8 +73,10 @@ impl SwarmLab {
             bridge: format!("tmsw{id}"),
             client_key: dir.join("client_key"),
             known_hosts: dir.join("known_hosts"),
+            gateway: format!("{net}.254"),
             dir,
             netns: Vec::new(),
+            net: net.clone(),
         };
         // The bridge lives in a namespace of its own (the "switch"): the host's netfilter,
         // where Docker sets FORWARD to DROP and bridged frames are filtered, never sees the
@@ -144,7 +153,7 @@ impl SwarmLab {
                 .quiet()
                 .run()?;
             cmd!(sh, "ip -n {netns} link set lo up").quiet().run()?;
-            let node = start_node(sh, &lab.dir, &netns, &addr, i, &host_key)?;
+            let node = start_node(sh, &lab.dir, &netns, &addr, i, &host_key, &net)?;
             known_hosts.push_str(&format!("{addr} {}\n", key_fields.join(" ")));
             lab.nodes.push(node);
         }
@@ -160,6 +169,40 @@ impl SwarmLab {
         let sh = Shell::new()?;
         sh.set_var("DOCKER_HOST", &self.nodes[i].docker_host);
         Ok(sh)
+    }
+
+    /// Stops node `i`'s `dockerd` (a node lost): it stops the node's containers first, within
+    /// its shutdown timeout, so nothing of them is left running.
+    pub(crate) fn stop_engine(&self, i: usize) {
+        drop(self.nodes[i].dockerd.take());
+    }
+
+    /// Starts node `i`'s `dockerd` again on its state: it rejoins the swarm by itself.
+    pub(crate) fn start_engine(&self, sh: &Shell, i: usize) -> anyhow::Result<()> {
+        let node = &self.nodes[i];
+        let dockerd = start_dockerd(sh, &self.dir, &node.netns, i + 1, &self.net)?;
+        node.dockerd.replace(Some(dockerd));
+        node.wait_ready(&self.dir)
+    }
+
+    /// Loads `docker load` archives into every node's engine: the nodes pull nothing from
+    /// the internet, and swarm tasks use these images as they are (prefer-offline).
+    pub(crate) fn load_images(&self, archives: &[PathBuf]) -> anyhow::Result<()> {
+        // One thread per node: the engines load side by side.
+        std::thread::scope(|scope| {
+            let loads: Vec<_> = self
+                .nodes
+                .iter()
+                .map(|node| {
+                    let (host, netns) = (&node.docker_host, &node.netns);
+                    scope.spawn(move || load_into(host, netns, archives))
+                })
+                .collect();
+            loads.into_iter().try_for_each(|load| {
+                load.join()
+                    .unwrap_or_else(|_| bail!("loading images into a node panicked"))
+            })
+        })
     }
 
     /// What the lab left behind after it was dropped: namespaces, links, mounts, its dir.
@@ -192,6 +235,20 @@ impl SwarmLab {
     }
 }
 
+/// `docker load` of each archive into the engine at `docker_host`.
+fn load_into(docker_host: &str, netns: &str, archives: &[PathBuf]) -> anyhow::Result<()> {
+    let docker = Shell::new()?;
+    docker.set_var("DOCKER_HOST", docker_host);
+    for archive in archives {
+        cmd!(docker, "docker load --quiet --input {archive}")
+            .quiet()
+            .ignore_stdout()
+            .run()
+            .with_context(|| format!("loading `{}` into {netns}", archive.display()))?;
+    }
+    Ok(())
+}
+
 fn start_node(
     sh: &Shell,
     dir: &Path,
@@ -199,8 +256,9 @@ fn start_node(
     addr: &str,
     i: usize,
     host_key: &Path,
+    net: &str,
 ) -> anyhow::Result<Node> {
-    let dockerd = start_dockerd(sh, dir, netns, i)?;
+    let dockerd = start_dockerd(sh, dir, netns, i, net)?;
     let docker_host = format!("unix://{}", dir.join(format!("{netns}.sock")).display());
     let authorized = dir.join("client_key.pub");
     let config = dir.join(format!("{netns}.sshd_config"));
@@ -246,18 +304,25 @@ SetEnv DOCKER_HOST={docker_host}
         addr: addr.to_owned(),
         docker_host,
         sshd: Some(sshd),
-        dockerd: Some(dockerd),
+        dockerd: RefCell::new(Some(dockerd)),
     })
 }
 
-fn start_dockerd(sh: &Shell, dir: &Path, netns: &str, i: usize) -> anyhow::Result<Daemon> {
+fn start_dockerd(
+    sh: &Shell,
+    dir: &Path,
+    netns: &str,
+    i: usize,
+    net: &str,
+) -> anyhow::Result<Daemon> {
     let env = provision::find_program("env").context("env not found")?;
     let dockerd = provision::find_program("dockerd").context("dockerd not found")?;
     let node_dir = dir.join(netns);
     // `env` and `nsenter` exec, so the pid start-stop-daemon records is dockerd's.
     let args = vec![
-        // Swarm tasks use the images loaded into each engine instead of asking a registry.
-        "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1".to_owned(),
+        // No DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1: with it an engine never pulls a task's
+        // image, and workers would never get ours from the lab registry. A stand-in's pull
+        // fails at once (no route out of the namespace) and the engine uses the loaded image.
         provision::find_program("nsenter")
             .context("nsenter not found")?
             .display()
@@ -276,6 +341,12 @@ fn start_dockerd(sh: &Shell, dir: &Path, netns: &str, i: usize) -> anyhow::Resul
         "native.cgroupdriver=cgroupfs".to_owned(),
         "--bip".to_owned(),
         format!("172.30.{i}.1/24"),
+        // Under the drop's TERM-then-KILL (10 s): a stopped engine has stopped its containers.
+        "--shutdown-timeout".to_owned(),
+        "5".to_owned(),
+        // The lab registry listens on the host's bridge address, over plain HTTP.
+        "--insecure-registry".to_owned(),
+        format!("{net}.0/24"),
     ];
     Daemon::start(sh, dir, &format!("{netns}-dockerd"), &env, &args)
 }
@@ -345,7 +416,7 @@ impl Drop for SwarmLab {
         // Daemons first (sshd, then dockerd: it unmounts its own state), by pid.
         for node in &mut self.nodes {
             drop(node.sshd.take());
-            drop(node.dockerd.take());
+            drop(node.dockerd.get_mut().take());
         }
         let Ok(sh) = Shell::new() else { return };
         // What a killed dockerd left mounted (its namespaces' files, overlay layers).

@@ -29,6 +29,10 @@ for tag in $(
     fi
   done
 done
+# The files of the newest 20 activation units (journal, state, step scripts) are kept.
+ls -t "$base"/deploys/*.state 2>/dev/null | tail -n +21 | while read -r state; do
+  rm -rf "${state%.state}" "${state%.state}".log "${state%.state}".pid "$state"
+done
 find "$base/releases" -maxdepth 1 -name '.stage-*' -mmin +60 -exec rm -rf {} + 2>/dev/null
 docker image prune -f >&2 || say "warning: docker image prune failed"
 exit 0

@@ -89,3 +89,22 @@ check_digest() {
   printf '%s\t%s\t%s\n' "$1" "$2" "$got" >>"$4"
   printf 'digest\t%s\t%s\n' "$1" "$got"
 }
+# container_health ID: `ok`, `wait WHY` or `fail WHY`: the verdict on one container, the
+# same for the switch's new containers and the health gate.
+container_health() {
+  local state health restarts
+  read -r state health restarts < <(docker inspect --format '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.RestartCount}}' "$1") \
+    || { echo "fail it is gone"; return; }
+  case "$state $health" in
+    'running healthy' | 'running none') echo ok ;;
+    *' unhealthy') echo "fail its health check fails (unhealthy)" ;;
+    exited* | dead*) echo "fail it $state" ;;
+    *) if [ "$restarts" -ge 3 ]; then echo "fail it restarted $restarts times"; else echo "wait $state, $health"; fi ;;
+  esac
+}
+# alive PID: whether the process runs (a zombie, killed but not yet reaped, does not).
+alive() {
+  local state
+  state=$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' "/proc/$1/status" 2>/dev/null || true)
+  [ -n "$state" ] && [ "$state" != Z ]
+}

@@ -12,6 +12,8 @@ packages=()
 command -v docker >/dev/null || packages+=(docker.io)
 command -v ufw >/dev/null || packages+=(ufw)
 command -v flock >/dev/null || packages+=(util-linux)
+# The health gate runs on the server (the activation unit) and reads the health URL with curl.
+command -v curl >/dev/null || packages+=(curl ca-certificates)
 need_compose=1
 if docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null; then need_compose=0; fi
 if [ ${#packages[@]} -gt 0 ] || [ "$need_compose" = 1 ]; then
@@ -28,7 +30,7 @@ if [ ${#packages[@]} -gt 0 ] || [ "$need_compose" = 1 ]; then
   say "installing: ${packages[*]}"
   apt-get install -y -qq --no-install-recommends "${packages[@]}" >&2
 else
-  say "Docker, compose, ufw and flock are already installed"
+  say "Docker, compose, ufw, flock and curl are already installed"
 fi
 if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
   systemctl enable --now docker >&2

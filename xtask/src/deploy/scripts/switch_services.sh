@@ -45,19 +45,6 @@ changed_services() {
   done
 }
 
-# new_health ID: `ok`, `wait WHY` or `fail WHY` for a container the switch started.
-new_health() {
-  local state health restarts
-  read -r state health restarts < <(docker inspect --format '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.RestartCount}}' "$1") \
-    || { echo "fail it is gone"; return; }
-  case "$state $health" in
-    'running healthy' | 'running none') echo ok ;;
-    *' unhealthy') echo "fail its health check fails (unhealthy)" ;;
-    exited* | dead*) echo "fail it $state" ;;
-    *) if [ "$restarts" -ge 3 ]; then echo "fail it restarted $restarts times"; else echo "wait $state, $health"; fi ;;
-  esac
-}
-
 # switch_services SVC...: new containers beside the old ones, all healthy, then the old ones
 # drained and removed. Returns 1, with the new containers removed, if one never gets healthy.
 switch_services() {
@@ -86,7 +73,7 @@ switch_services() {
   while :; do
     local waiting=()
     for entry in "${new[@]}"; do
-      verdict=$(new_health "${entry#*:}")
+      verdict=$(container_health "${entry#*:}")
       case $verdict in
         ok) ;;
         fail*) failed="${entry%%:*}: ${verdict#fail }" && break 2 ;;

@@ -124,7 +124,38 @@ fn all_scripts() -> Vec<(&'static str, Script)> {
             "server setup",
             server_setup("/opt/timemanager", 22, "deploy"),
         ),
+        (
+            "health gate",
+            r.gate(&crate::deploy::plan::Gate {
+                services: services.clone(),
+                url: "https://tm.example.com/api/health".to_owned(),
+                timeout: Duration::from_secs(60),
+                reach: crate::deploy::health::Reach::new(true, Some("tm.example.com:127.0.0.1"))
+                    .unwrap(),
+            }),
+        ),
+        ("follow", r.follow()),
+        (
+            "launch",
+            r.launch(&[("1.sh".to_owned(), "echo 'one step'".to_owned())]),
+        ),
+        ("activation unit", activation_unit()),
     ]
+}
+
+/// The driver of the sample deploy plan's activation unit.
+fn activation_unit() -> Script {
+    let plan = crate::deploy::tests::sample_plan(false);
+    let files =
+        crate::deploy::activation::unit_files(&remote("/opt/timemanager"), &plan, r#"{"steps":{"#)
+            .unwrap();
+    let (_, driver) = files
+        .iter()
+        .find(|(name, _)| name == "activate.sh")
+        .unwrap();
+    let mut script = Script::new();
+    script.text(driver);
+    script
 }
 
 #[test]
@@ -149,13 +180,19 @@ fn every_script_is_valid_bash() {
 /// A missing shellcheck fails: `cargo xtask ci` installs it before the tests.
 #[test]
 fn every_script_passes_shellcheck() {
+    shellcheck(FILES, &all_scripts());
+}
+
+/// Runs shellcheck on each of `files` (checked equal to the file compiled in) and each of
+/// `scripts`; the swarm mode's tests use it for theirs.
+pub(crate) fn shellcheck<N: AsRef<str>>(files: &[(&str, &str)], scripts: &[(N, Script)]) {
     let sh = Shell::new().unwrap();
     assert!(
         crate::provision::find_program("shellcheck").is_some(),
         "shellcheck is not installed: `apt-get install shellcheck`"
     );
     let dir = crate::project::root().join("xtask/src/deploy/scripts");
-    for (name, text) in FILES {
+    for (name, text) in files {
         let path = dir.join(name);
         assert_eq!(
             &std::fs::read_to_string(&path).unwrap(),
@@ -180,7 +217,7 @@ fn every_script_passes_shellcheck() {
             String::from_utf8_lossy(&out.stdout)
         );
     }
-    for (name, script) in all_scripts() {
+    for (name, script) in scripts {
         let out = cmd!(sh, "shellcheck --shell=bash --severity=warning -")
             .stdin(script.render())
             .quiet()
@@ -189,38 +226,50 @@ fn every_script_passes_shellcheck() {
             .unwrap();
         assert!(
             out.status.success(),
-            "shellcheck on `{name}`:\n{}",
+            "shellcheck on `{}`:\n{}",
+            name.as_ref(),
             String::from_utf8_lossy(&out.stdout)
         );
+    }
+}
+
+/// `secrets` are not in the script as people see it, and, as the server gets it, only inside
+/// quoted here-documents (never on a command line).
+pub(crate) fn assert_secrets_only_in_heredocs(name: &str, script: &Script, secrets: &[&str]) {
+    let rendered = script.render();
+    let masked = script.masked();
+    for secret in secrets {
+        assert!(!masked.contains(secret), "`{name}` shows a secret");
+        let mut in_heredoc: Option<String> = None;
+        for line in rendered.lines() {
+            match &in_heredoc {
+                Some(delimiter) if line == delimiter => in_heredoc = None,
+                Some(_) => {}
+                None => {
+                    assert!(
+                        !line.contains(secret),
+                        "`{name}` has a secret outside a here-document: {line}"
+                    );
+                    if let Some(at) = line.find("<<'") {
+                        let rest = &line[at + 3..];
+                        in_heredoc = Some(rest[..rest.find('\'').unwrap()].to_owned());
+                    }
+                }
+            }
+        }
+        assert!(in_heredoc.is_none(), "`{name}`: unterminated here-document");
     }
 }
 
 #[test]
 fn secrets_are_only_inside_quoted_here_documents_and_masked_for_display() {
     for (name, script) in all_scripts() {
+        assert_secrets_only_in_heredocs(
+            name,
+            &script,
+            &["pg secret #1 $HOME `x`", "ghp_registrytoken123"],
+        );
         let rendered = script.render();
-        let masked = script.masked();
-        for secret in ["pg secret #1 $HOME `x`", "ghp_registrytoken123"] {
-            assert!(!masked.contains(secret), "`{name}` shows a secret");
-            let mut in_heredoc: Option<String> = None;
-            for line in rendered.lines() {
-                match &in_heredoc {
-                    Some(delimiter) if line == delimiter => in_heredoc = None,
-                    Some(_) => {}
-                    None => {
-                        assert!(
-                            !line.contains(secret),
-                            "`{name}` has a secret outside a here-document: {line}"
-                        );
-                        if let Some(at) = line.find("<<'") {
-                            let rest = &line[at + 3..];
-                            in_heredoc = Some(rest[..rest.find('\'').unwrap()].to_owned());
-                        }
-                    }
-                }
-            }
-            assert!(in_heredoc.is_none(), "`{name}`: unterminated here-document");
-        }
         // A cut connection must not run half a script: `main` is the last line.
         let last = rendered.lines().last().unwrap();
         assert!(
@@ -248,7 +297,7 @@ fn values_are_quoted() {
 }
 
 /// Runs a script with bash, as the server would; returns (success, stdout, stderr).
-fn run(script: &Script) -> (bool, String, String) {
+pub(crate) fn run(script: &Script) -> (bool, String, String) {
     let sh = Shell::new().unwrap();
     let out = cmd!(sh, "bash -s")
         .stdin(script.render())
@@ -374,11 +423,11 @@ fn tar_of(files: &[(&str, &str)]) -> Upload {
 }
 
 /// The lock script, held by a running `bash` until its stdin closes.
-struct Held {
-    child: std::process::Child,
+pub(crate) struct Held {
+    pub(crate) child: std::process::Child,
 }
 
-fn hold_lock(script: &Script) -> Result<Held, String> {
+pub(crate) fn hold_lock(script: &Script) -> Result<Held, String> {
     let sh = Shell::new().unwrap();
     let mut child = Command::from(cmd!(sh, "bash -s"))
         .stdin(Stdio::piped())
@@ -412,7 +461,7 @@ impl Drop for Held {
     }
 }
 
-fn temp_base(name: &str) -> PathBuf {
+pub(crate) fn temp_base(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("xtask-scripts-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();

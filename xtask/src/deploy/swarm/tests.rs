@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use xshell::{Shell, cmd};
-
 use super::*;
 use crate::{
     deploy::{
@@ -115,48 +113,7 @@ fn all_scripts() -> Vec<(String, Script)> {
 
 #[test]
 fn every_swarm_script_passes_shellcheck() {
-    let sh = Shell::new().unwrap();
-    assert!(
-        crate::provision::find_program("shellcheck").is_some(),
-        "shellcheck is not installed: `apt-get install shellcheck`"
-    );
-    let dir = project::root().join("xtask/src/deploy/scripts");
-    for (name, text) in FILES {
-        let path = dir.join(name);
-        assert_eq!(
-            &std::fs::read_to_string(&path).unwrap(),
-            text,
-            "{} is not the file compiled in",
-            path.display()
-        );
-        let out = cmd!(
-            sh,
-            "shellcheck --shell=bash --severity=warning --exclude=SC2154 {path}"
-        )
-        .quiet()
-        .ignore_status()
-        .output()
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "shellcheck on {}:\n{}",
-            path.display(),
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
-    for (name, script) in all_scripts() {
-        let out = cmd!(sh, "shellcheck --shell=bash --severity=warning -")
-            .stdin(script.render())
-            .quiet()
-            .ignore_status()
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "shellcheck on `{name}`:\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
+    crate::deploy::scripts::tests::shellcheck(FILES, &all_scripts());
 }
 
 #[test]
@@ -165,33 +122,16 @@ fn secrets_are_only_inside_here_documents_and_masked_for_display() {
     let url = secrets[1].value.expose().to_owned();
     assert!(url.contains(PASSWORD), "the URL is made from the password");
     for (name, script) in all_scripts() {
-        let rendered = script.render();
-        let masked = script.masked();
-        for secret in [
-            PASSWORD,
-            REGISTRY_PASSWORD,
-            url.as_str(),
-            "SWMTKN-1-secrettoken",
-        ] {
-            assert!(!masked.contains(secret), "`{name}` shows a secret");
-            let mut delimiter: Option<String> = None;
-            for line in rendered.lines() {
-                match &delimiter {
-                    Some(d) if line == d => delimiter = None,
-                    Some(_) => {}
-                    None => {
-                        assert!(
-                            !line.contains(secret),
-                            "`{name}` has a secret outside a here-document: {line}"
-                        );
-                        if let Some(at) = line.find("<<'") {
-                            let rest = &line[at + 3..];
-                            delimiter = Some(rest[..rest.find('\'').unwrap()].to_owned());
-                        }
-                    }
-                }
-            }
-        }
+        crate::deploy::scripts::tests::assert_secrets_only_in_heredocs(
+            &name,
+            &script,
+            &[
+                PASSWORD,
+                REGISTRY_PASSWORD,
+                url.as_str(),
+                "SWMTKN-1-secrettoken",
+            ],
+        );
     }
 }
 
@@ -398,5 +338,56 @@ fn the_stack_keeps_in_step_with_the_compose_file() {
             .count()
             == 2,
         "Traefik's ports in host mode"
+    );
+}
+
+/// A swarm deploy asked for GRAFANA_PASSWORD, which its stack never reads (no Grafana).
+#[test]
+fn a_swarm_deploy_asks_only_for_the_variables_its_stack_reads() {
+    let stack = std::fs::read_to_string(project::root().join(STACK_FILE)).unwrap();
+    let mut read: std::collections::BTreeSet<&str> = stack
+        .split("${")
+        .skip(1)
+        .map(|rest| {
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        // The deploy's own: the base directory, the replicas and the secrets' names.
+        .filter(|name| !name.starts_with("TM_") && *name != "SWARM_REPLICAS")
+        .collect();
+    read.insert("POSTGRES_PASSWORD");
+    let listed: std::collections::BTreeSet<&str> = STACK_VARS.iter().copied().collect();
+    assert_eq!(
+        read, listed,
+        "{STACK_FILE} reads (left), STACK_VARS (right)"
+    );
+
+    let env = |name: &str| match name {
+        "DOMAIN" => Some("tm.example.com".to_owned()),
+        "ACME_EMAIL" => Some("ops@example.com".to_owned()),
+        "GITHUB_REPOSITORY" => Some("o/r".to_owned()),
+        "POSTGRES_PASSWORD" => Some("pg-secret".to_owned()),
+        "REGISTRY_USERNAME" => Some("octocat".to_owned()),
+        "REGISTRY_PASSWORD" => Some(REGISTRY_PASSWORD.to_owned()),
+        _ => None,
+    };
+    let mut problems = settings::Problems::default();
+    let release = settings::release(
+        &stack_vars(),
+        "abc1234",
+        &[],
+        None,
+        &env,
+        &mut problems,
+        &mut Redactor::default(),
+    );
+    problems.into_result().unwrap();
+    assert!(
+        release
+            .env
+            .iter()
+            .all(|line| !line.name.starts_with("GRAFANA"))
     );
 }

@@ -3,6 +3,7 @@
 # docker-compose.prod.yml relies on: on the first start with an empty $PGDATA,
 # create the cluster with the role POSTGRES_USER and its POSTGRES_PASSWORD, create
 # POSTGRES_DB and accept password (scram) logins from the network, then run the server.
+# The password may come from POSTGRES_PASSWORD_FILE instead, as docker-stack.yml passes it.
 # It runs as the image's user (70) from the start: unlike the official entrypoint it
 # never starts as root, so it cannot chown a volume that belongs to someone else.
 # The password reaches initdb through a pipe from the shell's printf builtin, never argv.
@@ -14,6 +15,12 @@ set -eu
 # Like the official image: `docker run postgres:… -c name=value` means the server.
 if [ "$#" -eq 0 ] || [ "${1#-}" != "$1" ]; then
   set -- postgres "$@"
+fi
+
+# Like the official image: POSTGRES_PASSWORD_FILE (a swarm secret) instead of the value.
+if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+  # The builtin `read` (the image may have no cat); the file may lack a final newline.
+  IFS= read -r POSTGRES_PASSWORD <"$POSTGRES_PASSWORD_FILE" || [ -n "$POSTGRES_PASSWORD" ]
 fi
 
 if [ "$1" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
