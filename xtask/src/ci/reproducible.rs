@@ -1,5 +1,7 @@
 //! Builds the images a second time from another clone, at another path with other file
-//! mtimes, and requires identical digests; on a difference, says where it comes from.
+//! mtimes, and requires identical digests; on a difference, says where it comes from. Then
+//! an edit of the backend and its revert, built incrementally in that clone, must give the
+//! same digests again.
 
 use std::{
     collections::BTreeMap,
@@ -27,23 +29,95 @@ pub(crate) fn check(sh: &Shell, first: &BuildReport, scratch: &Path) -> anyhow::
 
     // Not the first build's target directory: nothing the first build compiled is reused.
     let clone_target = project::clones_target_dir();
-    let _dir = sh.push_dir(&clone);
+    let second = build(sh, &clone, &clone_target).context("building from the second clone")?;
+    compare(first, &second.images, &clone_target)?;
+    incremental_round_trip(sh, &clone, &clone_target, &second.images)?;
+    std::fs::remove_dir_all(&clone)?;
+    Ok(())
+}
+
+/// The images' profile compiles the workspace incrementally (`Cargo.toml`): a backend edit
+/// and its revert, built in turn in the same target directory, must give back exactly the
+/// images the build before the edit wrote, so a developer's incremental image is CI's.
+fn incremental_round_trip(
+    sh: &Shell,
+    clone: &Path,
+    target: &Path,
+    before: &BTreeMap<String, serde_json::Value>,
+) -> anyhow::Result<()> {
+    let lib = clone.join("backend/src/lib.rs");
+    let original =
+        std::fs::read_to_string(&lib).with_context(|| format!("reading `{}`", lib.display()))?;
+    std::fs::write(
+        &lib,
+        format!("{original}\n#[used]\nstatic ROUND_TRIP: [u8; 4] = *b\"edit\";\n"),
+    )?;
+    let edited = build(sh, clone, target).context("building the edited second clone");
+    std::fs::write(&lib, &original)?;
+    let edited = edited?;
+    if edited.images.get("backend").map(|i| &i["digest"])
+        == before.get("backend").map(|i| &i["digest"])
+    {
+        bail!(
+            "the edit of `backend/src/lib.rs` did not change the backend image: the round trip proves nothing"
+        );
+    }
+    let reverted = build(sh, clone, target).context("building the reverted second clone")?;
+    if reverted.inputs_unchanged {
+        bail!("the reverted build took the fast path: nothing was compiled incrementally");
+    }
+    for (name, image) in before {
+        let again = &reverted
+            .images
+            .get(name)
+            .with_context(|| format!("no `{name}` after the revert"))?["digest"];
+        if *again != image["digest"] {
+            bail!(
+                "{name}: {} before an edit of `backend/src/lib.rs`, {again} after its revert: \
+                 the incremental rebuild is not the build from nothing (try `incremental = false` \
+                 in `[profile.release]` and tell rustc's developers)",
+                image["digest"]
+            );
+        }
+        eprintln!("  {name}: {again} again after an edit and its revert, built incrementally");
+    }
+    Ok(())
+}
+
+/// What `build --json` in `clone` reported.
+struct CloneBuild {
+    images: BTreeMap<String, serde_json::Value>,
+    inputs_unchanged: bool,
+}
+
+fn build(sh: &Shell, clone: &Path, target: &Path) -> anyhow::Result<CloneBuild> {
+    let _dir = sh.push_dir(clone);
     let cargo = cargo(sh);
     let json = cmd!(sh, "{cargo} run --quiet --package xtask -- build --json")
-        .env("CARGO_TARGET_DIR", &clone_target)
+        .env("CARGO_TARGET_DIR", target)
         .env_remove("SOURCE_DATE_EPOCH")
-        .read()
-        .context("building the images from the second clone")?;
-    drop(_dir);
-    let second: serde_json::Value =
+        .read()?;
+    let report: serde_json::Value =
         serde_json::from_str(&json).context("parsing `build --json` output")?;
-    let second: BTreeMap<String, serde_json::Value> = second["images"]
+    let images = report["images"]
         .as_array()
         .context("no images in `build --json` output")?
         .iter()
         .filter_map(|image| Some((image["name"].as_str()?.to_owned(), image.clone())))
         .collect();
+    Ok(CloneBuild {
+        images,
+        inputs_unchanged: report["inputs_unchanged"].as_bool().unwrap_or(false),
+    })
+}
 
+/// Requires the second clone's images to be the first build's; otherwise names the layer,
+/// path and header field, or the config, that differ.
+fn compare(
+    first: &BuildReport,
+    second: &BTreeMap<String, serde_json::Value>,
+    clone_target: &Path,
+) -> anyhow::Result<()> {
     let mut problems = Vec::new();
     for image in &first.images {
         let other = second
@@ -71,7 +145,7 @@ pub(crate) fn check(sh: &Shell, first: &BuildReport, scratch: &Path) -> anyhow::
                 continue;
             }
             let ours = blob_path(&project::target_dir(), &layer.digest);
-            let theirs = blob_path(&clone_target, other_digest);
+            let theirs = blob_path(clone_target, other_digest);
             for difference in verify::diff_layers(&ours, &theirs)? {
                 problems.push(format!("  layer {idx} ({}): {difference}", image.name));
             }
@@ -80,14 +154,13 @@ pub(crate) fn check(sh: &Shell, first: &BuildReport, scratch: &Path) -> anyhow::
             problems.push(format!(
                 "  config differs: compare `{}` with `{}`",
                 blob_path(&project::target_dir(), &image.blobs.config.digest).display(),
-                blob_path(&clone_target, other["config_digest"].as_str().unwrap_or("")).display()
+                blob_path(clone_target, other["config_digest"].as_str().unwrap_or("")).display()
             ));
         }
     }
     if !problems.is_empty() {
         bail!("images are not reproducible:\n{}", problems.join("\n"));
     }
-    std::fs::remove_dir_all(&clone)?;
     Ok(())
 }
 
