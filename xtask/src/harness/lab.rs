@@ -878,7 +878,8 @@ pub(crate) fn commit(sh: &Shell, message: &str) -> anyhow::Result<()> {
     .context("committing in the scratch clone")
 }
 
-fn random_hex() -> String {
+/// 32 random hex digits, from the kernel: names and secrets no other run uses.
+pub(crate) fn random_hex() -> String {
     fs::read_to_string("/proc/sys/kernel/random/uuid")
         .unwrap_or_default()
         .chars()

@@ -102,7 +102,7 @@ fn scenarios(
         Ok(images)
     })?;
     let images_time = images_start.elapsed();
-    let secret = |what: &str| format!("e2e-{what}-{}", random_hex());
+    let secret = |what: &str| format!("e2e-{what}-{}", lab::random_hex());
     let registry_password = secret("registry");
     let registry = steps.run("lab registry on the bridge", || {
         TestRegistry::start_on(
@@ -487,24 +487,7 @@ impl Cluster<'_> {
         let docker = self.lab.docker(0)?;
         let mut placed = Vec::new();
         for service in OWN {
-            let name = format!("{STACK}_{service}");
-            let ids = cmd!(
-                docker,
-                "docker service ps -q --filter desired-state=running {name}"
-            )
-            .quiet()
-            .read()?;
-            let ids: Vec<&str> = ids.split_whitespace().collect();
-            if ids.is_empty() {
-                continue;
-            }
-            let format = "{{.Status.State}} {{.NodeID}}";
-            let tasks = cmd!(
-                docker,
-                "docker inspect --type task --format {format} {ids...}"
-            )
-            .quiet()
-            .read()?;
+            let tasks = running_tasks(&docker, service, "{{.Status.State}} {{.NodeID}}")?;
             placed.extend(
                 tasks
                     .lines()
@@ -584,20 +567,11 @@ impl Cluster<'_> {
                 "{service} runs {image}, not release {}",
                 release.label
             );
-            let ids = cmd!(
-                docker,
-                "docker service ps -q --filter desired-state=running {name}"
-            )
-            .quiet()
-            .read()?;
-            let ids: Vec<&str> = ids.split_whitespace().collect();
-            let format = "{{.Status.State}} {{.Spec.ContainerSpec.Image}}";
-            let tasks = cmd!(
-                docker,
-                "docker inspect --type task --format {format} {ids...}"
-            )
-            .quiet()
-            .read()?;
+            let tasks = running_tasks(
+                &docker,
+                service,
+                "{{.Status.State}} {{.Spec.ContainerSpec.Image}}",
+            )?;
             let expected = format!("running {image}");
             ensure!(
                 tasks.lines().count() == 2 && tasks.lines().all(|line| line == expected),
@@ -765,10 +739,24 @@ fn remove_stack(lab: &SwarmLab) -> anyhow::Result<()> {
     }
 }
 
-fn random_hex() -> String {
-    fs::read_to_string("/proc/sys/kernel/random/uuid")
-        .unwrap_or_default()
-        .chars()
-        .filter(char::is_ascii_hexdigit)
-        .collect()
+/// One line per task of the stack's `service` that Swarm wants running, in `format` (a
+/// `docker inspect` template for tasks); empty when it has none.
+fn running_tasks(docker: &Shell, service: &str, format: &str) -> anyhow::Result<String> {
+    let name = format!("{STACK}_{service}");
+    let ids = cmd!(
+        docker,
+        "docker service ps -q --filter desired-state=running {name}"
+    )
+    .quiet()
+    .read()?;
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    if ids.is_empty() {
+        return Ok(String::new());
+    }
+    Ok(cmd!(
+        docker,
+        "docker inspect --type task --format {format} {ids...}"
+    )
+    .quiet()
+    .read()?)
 }
