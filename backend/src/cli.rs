@@ -40,78 +40,55 @@ pub fn main() -> ExitCode {
         .iter()
         .map(|a| a.to_str().unwrap_or("\u{FFFD}"))
         .collect();
-    match words.as_slice() {
+    // `Err` carries the exit code of a usage error already reported.
+    let outcome = match words.as_slice() {
         [] => serve(),
-        ["healthcheck"] => timemanager_probe::run_healthcheck(config::probe_addr_from_env()),
+        ["healthcheck"] => Ok(timemanager_probe::run_healthcheck(
+            config::probe_addr_from_env(),
+        )),
         ["migrate"] => migrate(),
-        ["migrations"] => crate::migrations::print_list(),
+        ["migrations"] => Ok(crate::migrations::print_list()),
         ["create-admin", "--email", email] => create_admin(email, None),
         ["create-admin", "--email", email, "--username", username] => {
             create_admin(email, Some(username))
         }
         ["--version" | "-V"] => {
             println!("timemanager-backend {VERSION} ({REVISION})");
-            ExitCode::SUCCESS
+            Ok(ExitCode::SUCCESS)
         }
         ["--help" | "-h"] => {
             println!("{USAGE}");
-            ExitCode::SUCCESS
+            Ok(ExitCode::SUCCESS)
         }
-        _ => {
-            eprintln!(
-                "error: unexpected arguments {words:?}; {}",
-                USAGE.lines().next().unwrap_or_default()
-            );
-            ExitCode::from(EXIT_USAGE)
-        }
-    }
+        _ => or_usage(Err(format!(
+            "unexpected arguments {words:?}; {}",
+            USAGE.lines().next().unwrap_or_default()
+        ))),
+    };
+    outcome.unwrap_or_else(|usage| usage)
 }
 
-fn serve() -> ExitCode {
-    let config = match Config::from_env() {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    block_on(
+fn serve() -> Result<ExitCode, ExitCode> {
+    let config = or_usage(Config::from_env())?;
+    Ok(block_on(
         tokio::runtime::Builder::new_multi_thread(),
         crate::run(config),
-    )
+    ))
 }
 
-fn migrate() -> ExitCode {
-    let config = match MigrateConfig::from_env() {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
+fn migrate() -> Result<ExitCode, ExitCode> {
+    let config = or_usage(MigrateConfig::from_env())?;
     // One connection, one task: no need for worker threads.
-    block_on(
+    Ok(block_on(
         tokio::runtime::Builder::new_current_thread(),
         crate::migrations::migrate_command(config),
-    )
+    ))
 }
 
-fn create_admin(email: &str, username: Option<&str>) -> ExitCode {
-    let config = match MigrateConfig::from_env() {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    let password = match crate::admin::read_password(std::io::stdin().lock()) {
-        Ok(password) => password,
-        Err(message) => {
-            eprintln!("error: {message}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    block_on(
+fn create_admin(email: &str, username: Option<&str>) -> Result<ExitCode, ExitCode> {
+    let config = or_usage(MigrateConfig::from_env())?;
+    let password = or_usage(crate::admin::read_password(std::io::stdin().lock()))?;
+    Ok(block_on(
         tokio::runtime::Builder::new_current_thread(),
         crate::admin::create_admin_command(
             config,
@@ -119,7 +96,15 @@ fn create_admin(email: &str, username: Option<&str>) -> ExitCode {
             username.map(str::to_owned),
             password,
         ),
-    )
+    ))
+}
+
+/// A configuration or input error is the user's to fix: said on stderr, exit code 2.
+fn or_usage<T, E: std::fmt::Display>(result: Result<T, E>) -> Result<T, ExitCode> {
+    result.map_err(|err| {
+        eprintln!("error: {err}");
+        ExitCode::from(EXIT_USAGE)
+    })
 }
 
 /// Runs `task` to completion on a runtime from `builder`.
