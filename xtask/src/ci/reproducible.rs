@@ -55,9 +55,7 @@ fn incremental_round_trip(
     let edited = build(sh, clone, target).context("building the edited second clone");
     std::fs::write(&lib, &original)?;
     let edited = edited?;
-    if edited.images.get("backend").map(|i| &i["digest"])
-        == before.get("backend").map(|i| &i["digest"])
-    {
+    if edited.images.get("backend").map(digest_of) == before.get("backend").map(digest_of) {
         bail!(
             "the edit of `backend/src/lib.rs` did not change the backend image: the round trip proves nothing"
         );
@@ -67,24 +65,28 @@ fn incremental_round_trip(
         bail!("the reverted build took the fast path: nothing was compiled incrementally");
     }
     for (name, image) in before {
-        let digest = |image: &serde_json::Value| image["digest"].as_str().unwrap_or("").to_owned();
-        let again = digest(
+        let again = digest_of(
             reverted
                 .images
                 .get(name)
                 .with_context(|| format!("no `{name}` after the revert"))?,
         );
-        if again != digest(image) {
+        if again != digest_of(image) {
             bail!(
                 "{name}: {} before an edit of `backend/src/lib.rs`, {again} after its revert: \
                  the incremental rebuild is not the build from nothing (try `incremental = false` \
                  in `[profile.release]` and tell rustc's developers)",
-                digest(image)
+                digest_of(image)
             );
         }
         eprintln!("  {name}: {again} again after an edit and its revert, built incrementally");
     }
     Ok(())
+}
+
+/// The manifest digest of one image of `build --json`.
+fn digest_of(image: &serde_json::Value) -> &str {
+    image["digest"].as_str().unwrap_or_default()
 }
 
 /// What `build --json` in `clone` reported.
